@@ -1,0 +1,27 @@
+"""spiral-jax: SPIRAL (Ganin et al., ICML 2018) in JAX/Flax."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="spiral-jax",
+    version="0.1.0",
+    description="SPIRAL: synthesizing programs for images with reinforced adversarial learning, in JAX",
+    packages=find_packages(include=["spiral_jax", "spiral_jax.*", "experiments", "experiments.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "jax>=0.10",
+        "flax>=0.12",
+        "optax>=0.2.6",
+        "chex>=0.1.90",
+        "absl-py",
+        "ml_collections",
+        "orbax-checkpoint>=0.12",
+        "tensorflow-datasets>=4.9.9",
+        "numpy",
+        "pillow",
+        "mlxtend",
+        "tqdm",
+        "tensorboardX",
+        "matplotlib",
+    ],
+)

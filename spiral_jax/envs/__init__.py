@@ -1,0 +1,1 @@
+"""Pure-JAX graphics engines that the agent paints with."""
