@@ -281,8 +281,7 @@ class NativeLibMyPaint:
             raise ValueError(f"canvas_width={canvas_width!r}: must be a positive integer")
         if int(grid_width) != grid_width or not 1 <= grid_width <= canvas_width:
             raise ValueError(
-                f"grid_width={grid_width!r}: must be an integer in [1, canvas_width="
-                f"{canvas_width}]"
+                f"grid_width={grid_width!r}: must be an integer in [1, canvas_width={canvas_width}]"
             )
         sizes = tuple(float(s) for s in brush_sizes)
         if not sizes or any(not np.isfinite(s) or s <= 0 for s in sizes):
@@ -551,8 +550,9 @@ def _throughput_worker(actions, settings, barrier, results) -> None:
     """Renders its share of episodes after the barrier; reports its wall time."""
     env = NativeLibMyPaint(**settings)
     arrays, k_eps, t_steps = _episode_arrays(actions, env.action_spec)
-    steps = [[{n: int(a[k, t]) for n, a in arrays.items()} for t in range(t_steps)]
-             for k in range(k_eps)]
+    steps = [
+        [{n: int(a[k, t]) for n, a in arrays.items()} for t in range(t_steps)] for k in range(k_eps)
+    ]
     barrier.wait()
     start = time.perf_counter()
     for episode in steps:
