@@ -82,6 +82,9 @@ SPEED2_RADIUS_POINTS = ((0.0, 0.042857), (4.0, -0.3))
 ACTUAL_RADIUS_MIN, ACTUAL_RADIUS_MAX = 0.2, 1000.0
 AA_RADIUS = 3.0  # libmypaint anti-aliases dabs smaller than this.
 MAX_LOG2_WEIGHT = 6  # virtual dabs stand for at most 2^6 real dabs.
+# Per-axis second moment of the dab profile, in units of r^2:
+# int u m(u) du / (2 int m(u) du) over u = rr in [0, 1] at hardness 0.2.
+DAB_AXIS_SECOND_MOMENT = 0.046666667 / (2 * 0.2)
 
 TRACKING_FACTOR = 1.0 - math.exp(-100.0 * DTIME / SLOW_TRACKING)
 SPEED2_DECAY = math.exp(-DTIME / SPEED2_SLOWNESS)
@@ -244,19 +247,22 @@ def stroke_dabs(
     radius = actual_radius[seg]
     opacity = jnp.clip(jnp.maximum(OPAQUE_BASE + OPAQUE_PER_PRESSURE * p, 0.0) * p, 0.0, 1.0)
     if jitter:
+        # A virtual dab of weight w stands for w dabs with independent offsets: it takes
+        # their mean offset and, for the scatter around that mean, a wider and fainter
+        # footprint with the same second moment and optical depth (see module docstring).
+        weight = jnp.exp2(jnp.maximum(log2_weight, 0).astype(jnp.float32))
         k_off, k_rad = jax.random.split(key)
-        offsets = rand_gauss(k_off, xy.shape) * (
-            (OFFSET_BY_RANDOM_PER_PRESSURE * p * base_radius)[:, None]
-        )
+        spread = OFFSET_BY_RANDOM_PER_PRESSURE * p * base_radius
+        offsets = rand_gauss(k_off, xy.shape) * (spread / jnp.sqrt(weight))[:, None]
         xy = xy + offsets
-        noisy = jnp.clip(
-            jnp.exp(jnp.log(radius) + RADIUS_BY_RANDOM * rand_gauss(k_rad, radius.shape)),
-            ACTUAL_RADIUS_MIN,
-            ACTUAL_RADIUS_MAX,
-        )
+        noise = rand_gauss(k_rad, radius.shape) * RADIUS_BY_RANDOM / jnp.sqrt(weight)
+        noisy = jnp.clip(jnp.exp(jnp.log(radius) + noise), ACTUAL_RADIUS_MIN, ACTUAL_RADIUS_MAX)
         correction = (radius / noisy) ** 2
         opacity = jnp.where(correction <= 1.0, opacity * correction, opacity)
-        radius = noisy
+        scatter_var = spread**2 * (1.0 - 1.0 / weight)
+        wide = jnp.sqrt(noisy**2 + scatter_var / DAB_AXIS_SECOND_MOMENT)
+        opacity = opacity * (noisy / wide) ** 2
+        radius = wide
     log2_weight = jnp.where(opacity > 0, log2_weight, -1)
     dabs = dict(x=xy[:, 0], y=xy[:, 1], radius=radius, opacity=opacity, log2_weight=log2_weight)
     brush = dict(pos=pos[-1], speed_slow=slow[-1], dab_phase=cum[-1] - num_dabs)
