@@ -565,9 +565,15 @@ def _indices(key: jax.Array, batch_size: int, n: int) -> jax.Array:
     return jax.random.randint(key, (batch_size,), 0, n, dtype=jnp.int32)
 
 
+# k / 255 correctly rounded to float32, for every k. A table lookup rather than a
+# division because XLA may turn division by a constant into a multiplication by its
+# reciprocal, which is one ulp off for some k; the lookup matches numpy exactly.
+_UINT8_TO_FLOAT = np.arange(256, dtype=np.float32) / np.float32(255.0)
+
+
 def to_float(images_uint8: jax.Array) -> jax.Array:
-    """uint8 -> float32 in [0, 1], ``k / 255``, as the environment's canvas."""
-    return images_uint8.astype(jnp.float32) / jnp.float32(255.0)
+    """uint8 -> float32 in [0, 1], exactly ``k / 255`` as ``to_float_np`` and the canvas."""
+    return jnp.asarray(_UINT8_TO_FLOAT)[images_uint8]
 
 
 def sample(images: jax.Array, key: jax.Array, batch_size: int) -> jax.Array:
