@@ -203,7 +203,8 @@ def load(
       max_examples: keep only the first ``max_examples`` of the split (its stored order
         is random, so this is a random subset). Bounds memory and loading time.
       cache_dir: if given, the preprocessed uint8 arrays are saved there as ``.npz`` and
-        reused by later calls with the same arguments.
+        reused by later calls with the same name, split, TFDS version, image_size,
+        channels and max_examples (not keyed by ``data_dir``).
 
     Returns:
       An ``ImageDataset`` whose images are uint8 [N, image_size, image_size, C].
@@ -253,7 +254,7 @@ def load(
 
     if cache_path is not None:
         cache_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_path.with_suffix(".tmp.npz")
+        tmp = cache_path.with_suffix(f".{os.getpid()}.tmp.npz")  # one per writer
         np.savez(tmp, images=images, labels=labels, indices=indices)
         os.replace(tmp, cache_path)  # atomic: a concurrent reader never sees half a file
     return dataset

@@ -433,6 +433,17 @@ def test_load_rejects_bad_arguments(kwargs, match):
         datasets.load(**kwargs)
 
 
+@pytest.mark.parametrize("image, match", [
+    (np.zeros((4, 4), np.float32), "dtype"),
+    (np.zeros((4, 4, 2), np.uint8), "shape"),
+    (np.zeros((2, 4, 4, 1), np.uint8), "shape"),
+])
+def test_to_canvas_convention_rejects_bad_images(image, match):
+    with pytest.raises(ValueError, match=match):
+        datasets.to_canvas_convention(image, image_size=8, invert=False, centre_crop=False,
+                                      channels=1)
+
+
 # --------------------------------------------------------------------------------------
 # mnist5k: offline and real.
 
