@@ -275,9 +275,7 @@ def masked_log_probs(
     return out
 
 
-def masked_entropies(
-    logits: Mapping[str, Array], masks: Mapping[str, Array]
-) -> dict[str, Array]:
+def masked_entropies(logits: Mapping[str, Array], masks: Mapping[str, Array]) -> dict[str, Array]:
     """Per-part entropy -sum p log p of softmax(logits), times the part's mask."""
     out = {}
     for k, lg in logits.items():
@@ -291,9 +289,7 @@ def zero_action(action_spec: ActionSpec, batch_shape: tuple[int, ...]) -> dict[s
     return {k: jnp.zeros(batch_shape, jnp.int32) for k, _ in action_spec}
 
 
-def initial_state(
-    action_spec: ActionSpec, config: AgentConfig, batch_size: int
-) -> AgentState:
+def initial_state(action_spec: ActionSpec, config: AgentConfig, batch_size: int) -> AgentState:
     """Zero LSTM state and zero previous action for `batch_size` episodes."""
     zeros = jnp.zeros((batch_size, config.lstm_size), jnp.float32)
     return AgentState(
@@ -432,9 +428,7 @@ class SonnetLSTM(nn.Module):
     forget_bias: float = 1.0
 
     @nn.compact
-    def __call__(
-        self, inputs: Array, resets: Array, state: LSTMState
-    ) -> tuple[Array, LSTMState]:
+    def __call__(self, inputs: Array, resets: Array, state: LSTMState) -> tuple[Array, LSTMState]:
         """inputs [T, B, I], resets bool [T, B] -> outputs [T, B, H], final state."""
         in_size = inputs.shape[-1]
         init = sonnet_init(in_size + self.hidden_size)
@@ -482,10 +476,12 @@ class Torso(nn.Module):
             raise ValueError(f"canvas must be square, got {height}x{width}")
         grid = grid_width_of(self.action_spec)
 
-        x_grid = jnp.broadcast_to(jnp.linspace(-1.0, 1.0, width)[None, None, :, None],
-                                  (n, height, width, 1))
-        y_grid = jnp.broadcast_to(jnp.linspace(-1.0, 1.0, height)[None, :, None, None],
-                                  (n, height, width, 1))
+        x_grid = jnp.broadcast_to(
+            jnp.linspace(-1.0, 1.0, width)[None, None, :, None], (n, height, width, 1)
+        )
+        y_grid = jnp.broadcast_to(
+            jnp.linspace(-1.0, 1.0, height)[None, :, None, None], (n, height, width, 1)
+        )
         spatial = [canvas]
         if cfg.conditional:
             spatial.append(observation["target"])
@@ -538,8 +534,9 @@ class AutoregressiveHeads(nn.Module):
         for i, k in enumerate(order):
             if k in LOCATION_KEYS:
                 zz = z.reshape(n, 4, 4, cfg.lstm_size // 16)
-                out = ConvDecoder(cfg.channels, cfg.num_res_blocks, stages, 1,
-                                  name=f"{k}_decoder")(zz)
+                out = ConvDecoder(cfg.channels, cfg.num_res_blocks, stages, 1, name=f"{k}_decoder")(
+                    zz
+                )
                 logits[k] = out.reshape(n, grid * grid)
             else:
                 logits[k] = _dense(spec[k], f"{k}_head")(z)
@@ -579,9 +576,7 @@ class SpiralAgent(nn.Module):
     def _check_observation(self, observation: Mapping[str, Any]) -> None:
         if self.config.conditional and "target" not in observation:
             raise ValueError("a conditional agent needs observation['target']")
-        if self.config.conditional and observation["target"].shape != observation[
-            "canvas"
-        ].shape:
+        if self.config.conditional and observation["target"].shape != observation["canvas"].shape:
             raise ValueError(
                 f"target shape {observation['target'].shape} != canvas shape "
                 f"{observation['canvas'].shape}"
@@ -660,8 +655,7 @@ class SpiralAgent(nn.Module):
         t, b = step_types.shape
         names = [k for k, _ in self.action_spec]
         prev = {
-            k: jnp.concatenate([state.prev_action[k][None], actions[k][:-1]], axis=0)
-            for k in names
+            k: jnp.concatenate([state.prev_action[k][None], actions[k][:-1]], axis=0) for k in names
         }
         flat = lambda x: x.reshape((t * b,) + x.shape[2:])  # noqa: E731
         reset = step_types == FIRST
@@ -724,9 +718,7 @@ def _leaf_std(path: tuple[Any, ...], shape: tuple[int, ...], config: AgentConfig
     raise ValueError(f"no initialiser known for parameter {jax.tree_util.keystr(path)}")
 
 
-def init_params(
-    agent: SpiralAgent, key: Array, observation_shape: tuple[int, int, int]
-) -> Any:
+def init_params(agent: SpiralAgent, key: Array, observation_shape: tuple[int, int, int]) -> Any:
     """Initialises the agent's parameters for canvases of `observation_shape` (W, W, C).
 
     Same distribution as `agent.init` (Sonnet 1's initialisers, see `sonnet_init`), but
@@ -743,7 +735,12 @@ def init_params(
     step_type = jnp.full((1,), FIRST, jnp.int32)
     shapes = jax.eval_shape(
         functools.partial(agent.init, method=SpiralAgent.step),
-        jax.random.key(0), obs, step_type, state, noise, jax.random.key(0),
+        jax.random.key(0),
+        obs,
+        step_type,
+        state,
+        noise,
+        jax.random.key(0),
     )
     leaves, treedef = jax.tree_util.tree_flatten_with_path(shapes)
     stds = [_leaf_std(path, leaf.shape, agent.config) for path, leaf in leaves]
@@ -752,9 +749,7 @@ def init_params(
     # One draw on the device, cut up on the host: XLA's CPU backend spends tens of
     # milliseconds compiling every slice, which for ~150 leaves costs seconds.
     flat = np.asarray(
-        jax.jit(jax.random.truncated_normal, static_argnums=(3,))(
-            key, -2.0, 2.0, (sum(sizes),)
-        ),
+        jax.jit(jax.random.truncated_normal, static_argnums=(3,))(key, -2.0, 2.0, (sum(sizes),)),
         np.float32,
     )
     pieces = np.split(flat, np.cumsum(sizes)[:-1])

@@ -77,9 +77,7 @@ def _run_steps(agent, params, step, step_types, canvas, noise, key):
     return obs, stack(actions), stack(logits), jnp.stack(baselines), state0, state
 
 
-STEP_TYPES = np.array(
-    [[0, 0, 0], [1, 1, 1], [1, 1, 0], [1, 0, 1], [1, 1, 1], [1, 1, 1]], np.int32
-)
+STEP_TYPES = np.array([[0, 0, 0], [1, 1, 1], [1, 1, 0], [1, 0, 1], [1, 1, 1], [1, 1, 1]], np.int32)
 
 
 def test_sampled_log_prob_equals_unroll_log_prob(small):
@@ -110,7 +108,9 @@ def test_move_steps_count_only_flag_and_end(small):
     step_types = jnp.asarray(STEP_TYPES)
     canvas, noise = _env_like_inputs(2, STEP_TYPES)
     rng = np.random.default_rng(3)
-    actions = {k: jnp.asarray(rng.integers(0, n, size=(T, B)), jnp.int32) for k, n in FULL_SPEC.items()}
+    actions = {
+        k: jnp.asarray(rng.integers(0, n, size=(T, B)), jnp.int32) for k, n in FULL_SPEC.items()
+    }
     flag = np.tile(np.array([0, 1, 0], np.int32), (T, 1))
     flag[::2] = 1 - flag[::2]
     actions["flag"] = jnp.asarray(flag)
@@ -135,7 +135,9 @@ def test_masked_log_probs_and_entropies_match_float64_numpy():
     rng = np.random.default_rng(4)
     spec = {"control": 16, "end": 16, "flag": 2, "size": 4, "red": 20}
     shape = (5, 7)
-    logits = {k: rng.normal(scale=3.0, size=shape + (n,)).astype(np.float32) for k, n in spec.items()}
+    logits = {
+        k: rng.normal(scale=3.0, size=shape + (n,)).astype(np.float32) for k, n in spec.items()
+    }
     actions = {k: rng.integers(0, n, size=shape).astype(np.int32) for k, n in spec.items()}
     masks = A.action_masks(jnp.asarray(actions["flag"]), tuple(spec))
     lp = A.masked_log_probs({k: jnp.asarray(v) for k, v in logits.items()}, actions, masks)
@@ -306,7 +308,7 @@ def _count_paper_params(channels_in: int, spec: dict, grid: int, canvas: int) ->
     """SPIRAL's default agent, counted layer by layer from spiral/agents/default.py."""
     conv = lambda k, cin, cout: k * k * cin * cout + cout  # noqa: E731
     lin = lambda i, o: i * o + o  # noqa: E731
-    mlp = lambda i, sizes: sum(lin(a, b) for a, b in zip((i,) + sizes[:-1], sizes))  # noqa: E731
+    mlp = lambda i, sizes: sum(lin(a, b) for a, b in zip((i,) + sizes[:-1], sizes, strict=True))  # noqa: E731
     res = 8 * (conv(3, 32, 32) + conv(1, 32, 32))
     feats = {k: 2 if k in ("control", "end") else n for k, n in spec.items()}
     torso = conv(5, channels_in + 2, 32)
