@@ -43,6 +43,12 @@ _JITTER = flags.DEFINE_boolean("jitter", True, "Brush jitter (random offsets, ra
 _P_PAINT = flags.DEFINE_float("p_paint", 0.7, "Probability of flag = 1 (paint).")
 _CANVAS_WIDTH = flags.DEFINE_integer("canvas_width", 64, "Canvas side in pixels.")
 _GRID_WIDTH = flags.DEFINE_integer("grid_width", 32, "Action grid side.")
+_RECORD_DABS = flags.DEFINE_boolean(
+    "record_dabs",
+    None,
+    "Also store every dab libmypaint drew (dabs, dabs_episode, dabs_step) for the "
+    "fixed-move rendering. Default: on for single_strokes, off for random.",
+)
 
 # (control (gy, gx), end (gy, gx)) for single strokes from the pen at (0, 0).
 SINGLE_STROKE_GEOMETRIES = (
@@ -132,12 +138,18 @@ def _deb_version(package: str) -> str | None:
     return out.stdout.strip() or None
 
 
-def render_dataset(actions: dict[str, np.ndarray], **settings) -> dict[str, np.ndarray]:
-    """Both move semantics for the same actions."""
-    return {
-        "canvases_fixed_move": native.render_episodes(actions, **settings),
-        "canvases": native.render_episodes(actions, spiral_move_bug=True, **settings),
-    }
+def render_dataset(
+    actions: dict[str, np.ndarray], record_dabs: bool = False, **settings
+) -> dict[str, np.ndarray]:
+    """Both move semantics for the same actions (and the dabs of the fixed one)."""
+    out = {"canvases": native.render_episodes(actions, spiral_move_bug=True, **settings)}
+    if record_dabs:
+        canvases, dabs, episode, step = native.render_episodes_with_dabs(actions, **settings)
+        out.update(dabs=dabs, dabs_episode=episode, dabs_step=step)
+    else:
+        canvases = native.render_episodes(actions, **settings)
+    out["canvases_fixed_move"] = canvases
+    return out
 
 
 def main(argv: list[str]) -> None:
@@ -171,7 +183,17 @@ def main(argv: list[str]) -> None:
             f"{SINGLE_STROKE_RANDOM_GEOMETRIES} drawn from default_rng(seed))"
         )
         meta["strokes"] = info
-    canvases = render_dataset(actions, **settings)
+    record_dabs = _RECORD_DABS.value
+    if record_dabs is None:
+        record_dabs = _MODE.value == "single_strokes"
+    if record_dabs:
+        meta["dabs"] = (
+            "every draw_dab call of the canvases_fixed_move rendering: dabs float32 [N, "
+            f"{len(native.DAB_FIELDS)}] with fields dab_fields, dabs_episode and dabs_step "
+            "(t >= 1, the canvas index that first shows the dab)"
+        )
+        meta["dab_fields"] = list(native.DAB_FIELDS)
+    canvases = render_dataset(actions, record_dabs=record_dabs, **settings)
     k_eps, t_steps = actions["flag"].shape
     brush_sha = None
     try:

@@ -293,3 +293,40 @@ def test_native_steps_per_second_runs():
     assert np.isfinite(rate) and rate > 10
     with pytest.raises(ValueError, match="n_processes=0"):
         native.native_steps_per_second(actions, n_processes=0)
+
+
+@needs_libmypaint
+def test_recorded_dabs_follow_dry_brush_settings():
+    # A straight full-pressure black stroke of size 4 from (0, 0) to canvas (32, 32).
+    actions = {n: np.zeros((1, 1), np.int32) for n in native.ACTION_NAMES}
+    actions.update(
+        control=np.array([[8 * 32 + 8]]),
+        end=np.array([[16 * 32 + 16]]),
+        flag=np.ones((1, 1), np.int32),
+        pressure=np.full((1, 1), 9),
+        size=np.full((1, 1), 2),
+        red=np.full((1, 1), 19),
+    )
+    canvases, dabs, episode, step = native.render_episodes_with_dabs(actions, jitter=False)
+    np.testing.assert_array_equal(canvases, native.render_episodes(actions, jitter=False))
+    assert (episode == 0).all() and (step == 1).all()
+    fields = {f: dabs[:, i] for i, f in enumerate(native.DAB_FIELDS)}
+    # opaque 0.8 + 0.2 p times opaque_multiply p, p = 1; hardness 0.2; pure red.
+    np.testing.assert_allclose(fields["opaque"], 1.0, atol=1e-6)
+    np.testing.assert_allclose(fields["hardness"], 0.2, atol=1e-6)
+    np.testing.assert_allclose(dabs[:, 3:6], np.tile([1.0, 0.0, 0.0], (len(dabs), 1)), atol=1e-5)
+    # On the diagonal. The radius is largest at rest: libmypaint maps speed s to the input
+    # m log(gamma + s) + q with gamma = exp(speed2_gamma), m = 0.015 (45 + gamma) and
+    # q = 0.5 - m log(45 + gamma), which is -0.398 at s = 0, not 0; dry_brush's speed2
+    # curve (0, 0.042857) -> (4, -0.3) extended to it gives log radius log(4) + 0.077.
+    np.testing.assert_allclose(fields["x"], fields["y"], atol=1e-4)
+    gamma = np.exp(4.0)
+    m = 0.015 * (45 + gamma)
+    rest_input = m * np.log(gamma) + (0.5 - m * np.log(45 + gamma))
+    rest_radius = 4 * np.exp(0.042857 + rest_input * (-0.3 - 0.042857) / 4)
+    np.testing.assert_allclose(fields["radius"].max(), rest_radius, rtol=1e-6)
+    assert fields["radius"].min() > 4.0
+    # Dab spacing: 6 dabs per actual radius plus 6 per basic radius (log(4)) of travel.
+    length = np.hypot(32, 32)
+    expected = length * 6 * (1 / fields["radius"].mean() + 1 / 4.0)
+    assert abs(len(dabs) - expected) < 0.03 * expected, (len(dabs), expected)

@@ -85,6 +85,25 @@ _BRUSH_CANDIDATES = (
 )
 
 
+# Arguments of MyPaintSurfaceDrawDabFunction (mypaint-surface.h) after the surface.
+DAB_FIELDS = (
+    "x",
+    "y",
+    "radius",
+    "color_r",
+    "color_g",
+    "color_b",
+    "opaque",
+    "hardness",
+    "alpha_eraser",
+    "aspect_ratio",
+    "angle",
+    "lock_alpha",
+    "colorize",
+)
+_DRAW_DAB = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, *([ctypes.c_float] * len(DAB_FIELDS)))
+
+
 class _TileRequest(ctypes.Structure):
     """MyPaintTileRequest (mypaint-tiled-surface.h, libmypaint 1.6)."""
 
@@ -275,6 +294,10 @@ class NativeLibMyPaint:
       use_pressure: pressure action on; otherwise pressure is 1.
       jitter: the brush's random dab offsets and radius noise on (dry_brush as shipped).
       spiral_move_bug: record the pen at (y, y) after a move, as the public SPIRAL does.
+      record_dabs: keep every dab libmypaint draws (for debugging a renderer): after each
+        `reset`/`step`, `last_dabs` is float32 [n, len(DAB_FIELDS)], the arguments of
+        libmypaint's `draw_dab` in order (final position, radius, colour, opacity and
+        hardness after all of the brush's dynamics and noise).
     """
 
     def __init__(
@@ -286,6 +309,7 @@ class NativeLibMyPaint:
         use_pressure: bool = True,
         jitter: bool = True,
         spiral_move_bug: bool = False,
+        record_dabs: bool = False,
     ) -> None:
         if int(canvas_width) != canvas_width or canvas_width < 1:
             raise ValueError(f"canvas_width={canvas_width!r}: must be a positive integer")
@@ -346,6 +370,11 @@ class NativeLibMyPaint:
         self._tiles = self._map_tiles()
         self._brush = None
         self._roi = _Rectangle()
+        self._dabs: list[tuple[float, ...]] = []
+        self.last_dabs = np.zeros((0, len(DAB_FIELDS)), np.float32)
+        self.record_dabs = bool(record_dabs)
+        if self.record_dabs:
+            self._hook_draw_dab()
         self.reset()
 
     # -- libmypaint plumbing -------------------------------------------------------------
@@ -373,6 +402,28 @@ class NativeLibMyPaint:
                 row.append(tile)
             rows.append(row)
         return rows
+
+    def _hook_draw_dab(self) -> None:
+        """Routes the surface's draw_dab (first field of MyPaintSurface) through Python.
+
+        The brush calls `surface->draw_dab` for every dab; the hook records the call's
+        arguments and forwards them to the tiled surface's own implementation.
+        """
+        slot = ctypes.c_void_p.from_address(self._surface)
+        original = _DRAW_DAB(slot.value)
+
+        def draw_dab(surface, *args):
+            self._dabs.append(args)
+            return original(surface, *args)
+
+        self._draw_dab_hook = _DRAW_DAB(draw_dab)  # must outlive the surface
+        self._draw_dab_original = original
+        slot.value = ctypes.cast(self._draw_dab_hook, ctypes.c_void_p).value
+
+    def _take_dabs(self) -> None:
+        if self.record_dabs:
+            self.last_dabs = np.array(self._dabs, np.float32).reshape(-1, len(DAB_FIELDS))
+            self._dabs = []
 
     def _new_brush(self) -> None:
         """A fresh dry_brush: libmypaint seeds its generator with a constant (1000)."""
@@ -448,6 +499,7 @@ class NativeLibMyPaint:
         self._painting = False
         self._move_brush(0.0, 0.0)
         self._set_appearance(self._log_sizes[0], rgb_to_hsv(0.0, 0.0, 0.0))
+        self._take_dabs()
         return self._canvas()
 
     def _grid_to_canvas(self, index: int) -> tuple[float, float]:
@@ -510,6 +562,7 @@ class NativeLibMyPaint:
             self._painting = False
             self._move_brush(end_y, end_x)
         self._lib.mypaint_surface_end_atomic(self._surface, ctypes.byref(self._roi))
+        self._take_dabs()
         return self._canvas()
 
 
@@ -547,7 +600,23 @@ def render_episodes(actions: Mapping[str, np.ndarray], **settings) -> np.ndarray
     `actions` maps part name -> int [K, T]; parts the settings drop are ignored.
     `settings` are `NativeLibMyPaint`'s keyword arguments.
     """
+    return _render(actions, settings)[0]
+
+
+def render_episodes_with_dabs(
+    actions: Mapping[str, np.ndarray], **settings
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """`render_episodes` plus every dab libmypaint drew, for debugging a renderer.
+
+    Returns (canvases, dabs float32 [N, len(DAB_FIELDS)], episode int32 [N], step int32
+    [N]); `step` t >= 1 is the step whose canvas `canvases[:, t]` shows the dab.
+    """
+    return _render(actions, dict(settings, record_dabs=True))
+
+
+def _render(actions, settings):
     env = NativeLibMyPaint(**settings)
+    dabs, dab_episode, dab_step = [], [], []
     try:
         arrays, k_eps, t_steps = _episode_arrays(actions, env.action_spec)
         w, c = env.canvas_width, (3 if env.use_color else 1)
@@ -556,9 +625,15 @@ def render_episodes(actions: Mapping[str, np.ndarray], **settings) -> np.ndarray
             out[k, 0] = env.reset()
             for t in range(t_steps):
                 out[k, t + 1] = env.step({n: a[k, t] for n, a in arrays.items()})
+                if env.record_dabs:
+                    dabs.append(env.last_dabs)
+                    dab_episode.append(np.full(len(env.last_dabs), k, np.int32))
+                    dab_step.append(np.full(len(env.last_dabs), t + 1, np.int32))
     finally:
         env.close()
-    return out
+    if not dabs:
+        return out, np.zeros((0, len(DAB_FIELDS)), np.float32), *([np.zeros(0, np.int32)] * 2)
+    return out, np.concatenate(dabs), np.concatenate(dab_episode), np.concatenate(dab_step)
 
 
 def _throughput_worker(npz_path: str, settings_json: str) -> None:
