@@ -1,0 +1,226 @@
+"""The agent's rewards, on time-major trajectories [T, B] (IMPALA / V-trace layout).
+
+SPIRAL's environment returns no reward of its own; the agent's reward is computed
+from its canvases, outside the environment:
+
+* `terminal_d_reward`: D's score of the final canvas at the last step, 0 before
+  (SPIRAL, Ganin et al., ICML 2018, Sec. 3; undiscounted).
+* `per_step_d_reward`: r_t = D(c_{t+1}) - D(c_t), the change in D's score that step
+  t's stroke made (SPIRAL++'s temporal credit assignment, Mellor et al., 2019). The
+  rewards of an episode telescope to D(final) - D(blank).
+* `l2_reward` / `l2_per_step_reward`: the negative mean squared distance between
+  canvas and target (the paper's conditional baseline, Sec. 5; the per-step form is
+  the same difference trick applied to it).
+* `stroke_penalty` and `empty_canvas_penalty`: the small penalties of SPIRAL's MNIST
+  runs, for each stroke and for an empty final canvas (returned <= 0, to be added).
+
+Time alignment follows `spiral_jax.rollout.Trajectory`: step t is the agent's
+decision a_t at observation o_t; o_0 of an episode shows the blank canvas, and
+c_{t+1}, the canvas of o_{t+1}, is what a_t produced. So for one whole episode
+(``make_episode_rollout``, T = episode_length - 1), ``c_0`` is blank and ``c_T`` is
+``final_canvas``; the masks come from the trajectory:
+
+* ``is_last = traj.next_step_type == LAST``: a_t ended the episode.
+* ``valid = traj.valid``: 0 for the dummy action a continuing unroll takes at a LAST
+  observation (its "next canvas" is the next episode's blank one).
+* ``prev_flag = traj.observation["action_mask"]["control"]``: the environment puts
+  the mask of the previous action in each observation, and the move mask at FIRST,
+  so a paint-only part's mask is 1 exactly when the pen was down before a_t.
+
+All functions are pure, jittable and return float32 [T, B].
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+
+#: Reward kinds a config can name (the penalties add to any of them).
+REWARDS = ("terminal_d", "per_step_d", "l2", "l2_per_step")
+
+
+def check_reward(kind: str) -> None:
+    """Raises ValueError for an unknown reward kind."""
+    if kind not in REWARDS:
+        raise ValueError(f"unknown reward {kind!r}; allowed: {REWARDS}")
+
+
+def _shape(x: Any) -> tuple[int, ...] | None:
+    return tuple(x.shape) if hasattr(x, "shape") else None
+
+
+def _check_time_batch(name: str, x: Any, shape: tuple[int, ...] | None = None) -> None:
+    if getattr(x, "ndim", None) != 2:
+        raise ValueError(f"{name} must be time-major [T, B], got shape {_shape(x)}")
+    if shape is not None and tuple(x.shape) != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {tuple(x.shape)}")
+
+
+def _check_weight(name: str, weight: Any) -> None:
+    # Traced weights (e.g. tuned by population-based training) cannot be checked here.
+    if isinstance(weight, (int, float, np.number)) and not weight >= 0:
+        raise ValueError(f"{name} must be >= 0 (it is subtracted), got {weight!r}")
+
+
+def _as_mask(x: Array) -> Array:
+    return jnp.asarray(x).astype(jnp.float32)
+
+
+def terminal_d_reward(scores: Array, is_last: Array) -> Array:
+    """D's score where an episode ends, 0 elsewhere (SPIRAL).
+
+    Args:
+      scores: D's scores (already turned into rewards, see
+        `discriminator.generator_reward`) of the canvas each action produced: either
+        [T, B] (one per step, continuing unrolls) or [B] (of ``final_canvas``, for a
+        whole-episode rollout, whose only last step is T - 1).
+      is_last: [T, B], true (or 1) where a_t ended the episode.
+
+    Returns:
+      float32 [T, B].
+    """
+    _check_time_batch("is_last", is_last)
+    t, b = is_last.shape
+    if _shape(scores) not in ((t, b), (b,)):
+        raise ValueError(f"scores must be [T, B] = {(t, b)} or [B] = {(b,)}, got {_shape(scores)}")
+    scores = jnp.broadcast_to(scores.astype(jnp.float32), (t, b))
+    return jnp.where(is_last.astype(bool), scores, 0.0)
+
+
+def per_step_d_reward(canvas_scores: Array, valid: Array | None = None) -> Array:
+    """r_t = s_{t+1} - s_t, the change of D's score that a_t made (SPIRAL++).
+
+    Args:
+      canvas_scores: [T + 1, B], D's scores (as rewards) of the canvases c_0 .. c_T of
+        o_0 .. o_T, o_T being the observation after the last step (``final_canvas``).
+        For a whole episode c_0 is the blank canvas, so the rewards sum to
+        s(final) - s(blank).
+      valid: optional [T, B]; steps with 0 (the dummy action at a LAST observation of a
+        continuing unroll, whose next canvas belongs to a new episode) get 0.
+
+    Returns:
+      float32 [T, B]. Within each episode the rewards telescope.
+    """
+    _check_time_batch("canvas_scores", canvas_scores)
+    t = canvas_scores.shape[0] - 1
+    if t < 1:
+        raise ValueError(f"canvas_scores needs T + 1 >= 2 rows, got {canvas_scores.shape[0]}")
+    s = canvas_scores.astype(jnp.float32)
+    r = s[1:] - s[:-1]
+    if valid is not None:
+        _check_time_batch("valid", valid, (t, canvas_scores.shape[1]))
+        r = r * _as_mask(valid)
+    return r
+
+
+def l2_score(canvas: Array, target: Array) -> Array:
+    """-mean((canvas - target)^2) over the last three axes (H, W, C); any leading axes."""
+    if getattr(canvas, "ndim", 0) < 3 or _shape(canvas)[-3:] != _shape(target)[-3:]:
+        raise ValueError(
+            f"canvas and target must end in the same (H, W, C), got {_shape(canvas)} "
+            f"and {_shape(target)}"
+        )
+    diff = canvas.astype(jnp.float32) - target.astype(jnp.float32)
+    return -jnp.mean(jnp.square(diff), axis=(-3, -2, -1))
+
+
+def l2_reward(final_canvas: Array, target: Array, is_last: Array) -> Array:
+    """The paper's conditional baseline: -mean squared distance of the final canvas to
+    the target at the last step, 0 elsewhere.
+
+    Args:
+      final_canvas: [B, H, W, C] (whole-episode rollout) or [T, B, H, W, C], the canvas
+        each action produced (continuing unrolls).
+      target: [B, H, W, C].
+      is_last: [T, B].
+    """
+    _check_time_batch("is_last", is_last)
+    if _shape(target) is None or target.ndim != 4 or target.shape[0] != is_last.shape[1]:
+        raise ValueError(f"target must be [B, H, W, C] with B = {is_last.shape[1]}, "
+                         f"got {_shape(target)}")
+    return terminal_d_reward(l2_score(final_canvas, target), is_last)
+
+
+def l2_per_step_reward(canvases: Array, target: Array, valid: Array | None = None) -> Array:
+    """r_t = l2_score(c_{t+1}) - l2_score(c_t): how much closer to the target a_t got.
+
+    Args:
+      canvases: [T + 1, B, H, W, C], the canvases c_0 .. c_T of o_0 .. o_T (for a
+        rollout: ``concatenate([observation["canvas"], final_canvas[None]])``).
+      target: [B, H, W, C].
+      valid: optional [T, B] mask, as in `per_step_d_reward`.
+    """
+    if getattr(canvases, "ndim", None) != 5:
+        raise ValueError(f"canvases must be [T + 1, B, H, W, C], got {_shape(canvases)}")
+    if _shape(target) != tuple(canvases.shape[1:]):
+        raise ValueError(f"target must be {tuple(canvases.shape[1:])}, got {_shape(target)}")
+    return per_step_d_reward(l2_score(canvases, target[None]), valid)
+
+
+def stroke_penalty(
+    flag: Array,
+    weight: float | Array,
+    valid: Array | None = None,
+    prev_flag: Array | None = None,
+) -> Array:
+    """-weight for each stroke (SPIRAL's MNIST runs), 0 for moves.
+
+    Args:
+      flag: int [T, B], a_t's flag (0 = move, 1 = paint).
+      weight: penalty per stroke, >= 0.
+      valid: optional [T, B] mask (the dummy action at a LAST observation is free).
+      prev_flag: optional [T, B], 1 where the pen was down before a_t (the previous
+        action of the same episode painted; 0 at episode starts; see the module
+        docstring for where a trajectory has it). Given, only *new* strokes are
+        penalised: paint steps that put the pen down, not those that continue a
+        stroke. Omitted, every paint step counts.
+
+    Returns:
+      float32 [T, B], <= 0.
+    """
+    _check_time_batch("flag", flag)
+    _check_weight("stroke penalty weight", weight)
+    paint = (flag == 1).astype(jnp.float32)
+    if prev_flag is not None:
+        _check_time_batch("prev_flag", prev_flag, tuple(flag.shape))
+        paint = paint * (1.0 - (prev_flag == 1).astype(jnp.float32))
+    if valid is not None:
+        _check_time_batch("valid", valid, tuple(flag.shape))
+        paint = paint * _as_mask(valid)
+    return -jnp.asarray(weight, jnp.float32) * paint
+
+
+def is_empty(canvas: Array, blank_value: float = 1.0, tolerance: float = 0.5 / 255) -> Array:
+    """True where no pixel of a canvas differs from ``blank_value`` by more than
+    ``tolerance`` (default: half an 8-bit level). Reduces the last three axes."""
+    if getattr(canvas, "ndim", 0) < 3:
+        raise ValueError(f"canvas must end in (H, W, C), got {_shape(canvas)}")
+    dev = jnp.abs(canvas.astype(jnp.float32) - blank_value)
+    return jnp.max(dev, axis=(-3, -2, -1)) <= tolerance
+
+
+def empty_canvas_penalty(
+    final_canvas: Array,
+    is_last: Array,
+    weight: float | Array,
+    blank_value: float = 1.0,
+    tolerance: float = 0.5 / 255,
+) -> Array:
+    """-weight at the last step of episodes that end on an empty canvas (SPIRAL's MNIST
+    runs), 0 elsewhere.
+
+    Args:
+      final_canvas: [B, H, W, C] or [T, B, H, W, C], as in `l2_reward`.
+      is_last: [T, B].
+      weight: >= 0.
+      blank_value: the canvas's colour after reset (white, 1.0, in LibMyPaint).
+      tolerance: largest per-pixel deviation from blank still counted as empty.
+    """
+    _check_weight("empty canvas penalty weight", weight)
+    empty = is_empty(final_canvas, blank_value, tolerance).astype(jnp.float32)
+    return terminal_d_reward(-jnp.asarray(weight, jnp.float32) * empty, is_last)

@@ -1,0 +1,202 @@
+"""Tests of the reward functions (spiral_jax.rewards) against float64 numpy references."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from spiral_jax import rewards as RW
+from spiral_jax.agent import FIRST, LAST, MID
+
+T, B = 6, 3
+rng = np.random.default_rng(0)
+
+
+def _whole_episode_is_last() -> np.ndarray:
+    is_last = np.zeros((T, B), bool)
+    is_last[-1] = True
+    return is_last
+
+
+def _continuing_unroll(lengths=(3, 4, 2), t=12):
+    """Step types of continuing unrolls: each env restarts after LAST with a dummy step.
+
+    Env b runs episodes of ``lengths[b]`` decisions: FIRST, MID..., LAST, FIRST, ...
+    Returns (step_type [t + 1, B] of o_0 .. o_t, next_step_type [t, B], valid [t, B]).
+    """
+    cols = []
+    for n in lengths:
+        cycle = [FIRST] + [MID] * (n - 1) + [LAST]
+        cols.append((cycle * (t // len(cycle) + 2))[: t + 1])
+    st = np.array(cols, np.int32).T
+    return st, st[1:], (st[:-1] != LAST).astype(np.float32)
+
+
+def test_terminal_reward_whole_episode_and_continuing():
+    scores = rng.normal(size=B).astype(np.float32)
+    is_last = jnp.asarray(_whole_episode_is_last())
+    got = np.asarray(RW.terminal_d_reward(jnp.asarray(scores), is_last))
+    want = np.zeros((T, B))
+    want[-1] = scores
+    np.testing.assert_array_equal(got, want)
+
+    st, next_st, _ = _continuing_unroll()
+    step_scores = rng.normal(size=next_st.shape).astype(np.float32)
+    is_last = next_st == LAST
+    got = np.asarray(RW.terminal_d_reward(jnp.asarray(step_scores), jnp.asarray(is_last)))
+    np.testing.assert_array_equal(got, np.where(is_last, step_scores, 0.0))
+    assert np.count_nonzero(got) == np.count_nonzero(is_last) > B  # several episode ends
+
+
+def test_per_step_reward_telescopes_over_a_whole_episode():
+    s = rng.normal(size=(T + 1, B))  # s_0 = D(blank), s_T = D(final)
+    r = np.asarray(RW.per_step_d_reward(jnp.asarray(s, jnp.float32)))
+    assert r.shape == (T, B) and r.dtype == np.float32
+    np.testing.assert_allclose(r, np.diff(s, axis=0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(r.sum(0), s[-1] - s[0], rtol=1e-5, atol=1e-5)
+
+
+def test_per_step_reward_telescopes_within_each_episode_of_a_continuing_unroll():
+    st, _, valid = _continuing_unroll()
+    tt = valid.shape[0]
+    s = rng.normal(size=(tt + 1, B))
+    r = np.asarray(RW.per_step_d_reward(jnp.asarray(s, jnp.float32), jnp.asarray(valid)))
+    # Python reference: walk each env's episodes; the rewards of one episode sum to
+    # s(its LAST observation) - s(its FIRST observation); the dummy steps get 0.
+    checked = 0
+    for b in range(B):
+        start = None
+        for t in range(tt + 1):
+            if st[t, b] == FIRST:
+                start = t
+            if st[t, b] == LAST and start is not None:
+                assert r[start:t, b].sum() == pytest.approx(s[t, b] - s[start, b], abs=1e-5)
+                if t < tt:
+                    assert r[t, b] == 0.0  # the dummy action at LAST
+                start = None
+                checked += 1
+    assert checked >= 2 * B
+
+
+def test_l2_rewards_match_numpy_and_telescope():
+    shape = (4, 5, 5, 3)[1:]
+    target = rng.uniform(size=(B,) + shape)
+    canvases = rng.uniform(size=(T + 1, B) + shape)
+    canvases[0] = 1.0  # blank start
+    sq = ((canvases - target[None]) ** 2).reshape(T + 1, B, -1).mean(-1)
+    got = np.asarray(RW.l2_reward(jnp.asarray(canvases[-1], jnp.float32),
+                                  jnp.asarray(target, jnp.float32),
+                                  jnp.asarray(_whole_episode_is_last())))
+    want = np.zeros((T, B))
+    want[-1] = -sq[-1]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+
+    per = np.asarray(RW.l2_per_step_reward(jnp.asarray(canvases, jnp.float32),
+                                           jnp.asarray(target, jnp.float32)))
+    np.testing.assert_allclose(per, -np.diff(sq, axis=0), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(per.sum(0), sq[0] - sq[-1], rtol=1e-4, atol=1e-6)
+    # Painting the target exactly is the best possible final reward: 0.
+    perfect = RW.l2_reward(jnp.asarray(target, jnp.float32), jnp.asarray(target, jnp.float32),
+                           jnp.asarray(_whole_episode_is_last()))
+    assert float(jnp.max(jnp.abs(perfect))) == 0.0
+
+
+def test_stroke_penalty_every_paint_step_and_new_strokes_only():
+    flag = np.array([[1, 0, 1], [1, 1, 0], [0, 1, 1], [1, 1, 1]], np.int32)
+    valid = np.array([[1, 1, 1], [1, 1, 1], [1, 0, 1], [1, 1, 1]], np.float32)
+    got = np.asarray(RW.stroke_penalty(jnp.asarray(flag), 0.05, jnp.asarray(valid)))
+    np.testing.assert_allclose(got, -0.05 * flag * valid, rtol=1e-6)
+    # Pen state before each action: first row is an episode start (pen up), then the
+    # previous flag (no resets in this example).
+    prev = np.vstack([np.zeros((1, 3), np.int32), flag[:-1]])
+    got = np.asarray(RW.stroke_penalty(jnp.asarray(flag), 0.05, prev_flag=jnp.asarray(prev)))
+    new_strokes = np.zeros_like(flag)
+    for b in range(3):
+        down = False
+        for t in range(4):
+            new_strokes[t, b] = flag[t, b] == 1 and not down
+            down = flag[t, b] == 1
+    np.testing.assert_allclose(got, -0.05 * new_strokes, rtol=1e-6)
+    assert new_strokes.sum() < flag.sum()  # the example does continue strokes
+
+
+def test_empty_canvas_penalty():
+    canvases = np.ones((B, 4, 4, 1), np.float32)
+    canvases[1, 2, 3, 0] = 254 / 255  # one pixel one 8-bit level off white: painted
+    canvases[2] = np.nextafter(np.float32(1.0), np.float32(0.0))  # an ulp off: still empty
+    got = np.asarray(RW.empty_canvas_penalty(jnp.asarray(canvases),
+                                             jnp.asarray(_whole_episode_is_last()), 0.5))
+    want = np.zeros((T, B))
+    want[-1] = [-0.5, 0.0, -0.5]
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(np.asarray(RW.is_empty(jnp.asarray(canvases))),
+                                  [True, False, True])
+
+
+def test_all_rewards_jit():
+    st, next_st, valid = _continuing_unroll()
+    tt = valid.shape[0]
+    canv = jnp.asarray(rng.uniform(size=(tt + 1, B, 4, 4, 1)), jnp.float32)
+    target = jnp.asarray(rng.uniform(size=(B, 4, 4, 1)), jnp.float32)
+    flag = jnp.asarray(rng.integers(0, 2, size=(tt, B)), jnp.int32)
+
+    @jax.jit
+    def total(canv, target, flag, weight):
+        is_last = jnp.asarray(next_st) == LAST
+        return (RW.l2_reward(canv[1:], target, is_last)
+                + RW.l2_per_step_reward(canv, target, jnp.asarray(valid))
+                + RW.stroke_penalty(flag, weight, jnp.asarray(valid))
+                + RW.empty_canvas_penalty(canv[1:], is_last, weight))
+
+    out = total(canv, target, flag, jnp.float32(0.1))  # a traced weight is allowed
+    assert out.shape == (tt, B) and bool(jnp.all(jnp.isfinite(out)))
+
+
+def test_bad_input():
+    is_last = jnp.asarray(_whole_episode_is_last())
+    with pytest.raises(ValueError, match="scores"):
+        RW.terminal_d_reward(jnp.zeros((B + 1,)), is_last)
+    with pytest.raises(ValueError, match=r"\[T, B\]"):
+        RW.terminal_d_reward(jnp.zeros((B,)), is_last[0])
+    with pytest.raises(ValueError, match="T \\+ 1 >= 2"):
+        RW.per_step_d_reward(jnp.zeros((1, B)))
+    with pytest.raises(ValueError, match="valid"):
+        RW.per_step_d_reward(jnp.zeros((T + 1, B)), jnp.ones((T + 1, B)))
+    with pytest.raises(ValueError, match="same"):
+        RW.l2_score(jnp.zeros((B, 4, 4, 1)), jnp.zeros((B, 4, 4, 3)))
+    with pytest.raises(ValueError, match="target"):
+        RW.l2_reward(jnp.zeros((B, 4, 4, 1)), jnp.zeros((B + 1, 4, 4, 1)), is_last)
+    with pytest.raises(ValueError, match=">= 0"):
+        RW.stroke_penalty(jnp.zeros((T, B), jnp.int32), -0.1)
+    with pytest.raises(ValueError, match=">= 0"):
+        RW.empty_canvas_penalty(jnp.ones((B, 4, 4, 1)), is_last, -1.0)
+    with pytest.raises(ValueError, match="prev_flag"):
+        RW.stroke_penalty(jnp.zeros((T, B), jnp.int32), 0.1, prev_flag=jnp.zeros((T, B + 1)))
+    with pytest.raises(ValueError, match="terminal_d"):
+        RW.check_reward("wasserstein")
+    RW.check_reward("per_step_d")
+
+
+def test_prev_flag_from_the_environments_observation_masks():
+    """The module docstring's recipe: the observation's mask of a paint-only part is the
+    pen state before each action (move mask at FIRST), so new strokes are found from a
+    trajectory alone."""
+    from spiral_jax.envs.libmypaint import LibMyPaint
+
+    env = LibMyPaint(episode_length=7, canvas_width=16, grid_width=4, brush_sizes=(1,),
+                     use_color=False, use_pressure=False)
+    flags = [1, 1, 0, 1, 0, 0]
+    step = jax.jit(env.step)
+    state, ts = jax.jit(env.reset)(jax.random.key(0))
+    prev = []
+    for f in flags:
+        prev.append(float(ts.observation["action_mask"]["control"]))
+        action = {name: jnp.int32(0) for name in env.action_spec()}
+        action.update(flag=jnp.int32(f), end=jnp.int32(5), control=jnp.int32(2))
+        state, ts = step(state, action)
+    assert int(ts.step_type) == LAST
+    got = RW.stroke_penalty(jnp.asarray(flags)[:, None], 1.0,
+                            prev_flag=jnp.asarray(prev)[:, None])
+    np.testing.assert_array_equal(np.asarray(got)[:, 0], [-1, 0, 0, -1, 0, 0])
