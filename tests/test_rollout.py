@@ -17,6 +17,7 @@ from flax import struct
 
 from spiral_jax import agent as A
 from spiral_jax import rollout as R
+from spiral_jax import vtrace
 
 FIRST, MID, LAST = 0, 1, 2
 MOVE_PARTS = ("flag", "end")
@@ -175,6 +176,21 @@ def test_behaviour_log_prob_equals_unroll(fake):
     for k in traj.behaviour_logits:
         np.testing.assert_allclose(out.logits[k], traj.behaviour_logits[k], atol=2e-5, rtol=1e-5)
         np.testing.assert_array_equal(out.masks[k], traj.action_mask[k])
+    # The trajectory plugs into V-trace: on-policy, the importance weights are 1.
+    rewards = jnp.zeros_like(traj.discount).at[-1].set(1.0)
+    vt = vtrace.from_logits(
+        traj.behaviour_logits,
+        out.logits,
+        traj.action,
+        traj.action_mask,
+        traj.discount,
+        rewards,
+        out.baseline,
+        traj.bootstrap_value,
+    )
+    np.testing.assert_allclose(vt.log_rhos, 0.0, atol=1e-4)
+    np.testing.assert_allclose(vt.behaviour_action_log_probs, traj.behaviour_log_prob, atol=1e-5)
+    np.testing.assert_allclose(vt.vs[-1], 1.0, atol=1e-6)  # terminal: v_s = r
 
 
 def test_same_key_same_rollout(fake):

@@ -1,0 +1,202 @@
+r"""Speed of SPIRAL's agent: parameters, FLOPs per step, agent + environment steps/s.
+
+    python -m experiments.bench_agent
+    python -m experiments.bench_agent --configs=small --batch_sizes=1,16,64,256
+
+For each agent size (`paper`: SPIRAL's network; `small`: the CPU variant) on SPIRAL's
+paper environment (64x64 colour canvas, grid 32, brush sizes 1-24, pressure, 20-step
+episodes) it prints:
+
+* the parameter count;
+* FLOPs of one agent step (torso, LSTM, sampling all eight heads), from XLA's cost
+  analysis of the compiled step at batch 1, and per episode at the largest batch;
+* steps per second, after a warm-up call, of
+  - the agent alone (`SpiralAgent.step`, jitted, batch B),
+  - the environment alone (`jit(scan(vmap(env.step)))`),
+  - agent and environment together: `rollout.make_episode_rollout`, whole episodes
+    (reset + 19 decisions) of B environments, counting 19 * B steps per call;
+  - the learner's re-evaluation: `SpiralAgent.unroll` over those episodes with the
+    gradient of a V-trace-like loss (forward + backward), in agent steps per second.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+from spiral_jax import agent as agent_lib
+from spiral_jax import rollout as rollout_lib
+from spiral_jax.envs.libmypaint import LibMyPaint
+
+_CONFIGS = flags.DEFINE_list("configs", ["paper", "small"], "Agent sizes: paper, small.")
+_BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["1", "16", "64"], "Episodes in parallel.")
+_MIN_SECONDS = flags.DEFINE_float("min_seconds", 2.0, "Time each measurement at least this.")
+_CANVAS = flags.DEFINE_integer("canvas_width", 64, "Canvas width.")
+_GRID = flags.DEFINE_integer("grid_width", 32, "Action grid width.")
+_EPISODE_LENGTH = flags.DEFINE_integer("episode_length", 20, "Observations per episode.")
+_LEARNER = flags.DEFINE_bool("learner", True, "Also time unroll forward + backward.")
+
+CONFIGS = {"paper": agent_lib.PAPER, "small": agent_lib.SMALL}
+
+
+def timed(fn: Callable[[], Any], min_seconds: float) -> float:
+    """Seconds per call of `fn`, after one warm-up call, over at least `min_seconds`."""
+    jax.block_until_ready(fn())
+    calls, start = 0, time.perf_counter()
+    while True:
+        jax.block_until_ready(fn())
+        calls += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_seconds:
+            return elapsed / calls
+
+
+def flops_of(compiled: Any) -> float:
+    """Total FLOPs from XLA's cost analysis (a dict, or a list of dicts on older JAX)."""
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0]
+    return float(cost.get("flops", float("nan")))
+
+
+def step_inputs(agent: agent_lib.SpiralAgent, env: LibMyPaint, batch: int) -> tuple:
+    obs = agent_lib.dummy_observation(agent, env.observation_shape, batch)
+    state = agent_lib.initial_state(agent.action_spec, agent.config, batch)
+    noise = jnp.zeros((batch, agent.config.noise_dim), jnp.float32)
+    return obs, jnp.zeros((batch,), jnp.int32), state, noise, jax.random.key(1)
+
+
+def bench_config(name: str, env: LibMyPaint, batches: list[int]) -> list[dict[str, Any]]:
+    agent = agent_lib.make_agent(env.action_spec(), CONFIGS[name])
+    params = agent_lib.init_params(agent, jax.random.key(0), env.observation_shape)
+    count = agent_lib.param_count(params)
+    step = jax.jit(functools.partial(agent.apply, method=agent_lib.SpiralAgent.step))
+    flops1 = flops_of(step.lower(params, *step_inputs(agent, env, 1)).compile())
+    print(f"\n[{name}] {count:,} parameters; {flops1 / 1e6:.1f} MFLOP per agent step (batch 1)")
+    decisions = env.episode_length - 1
+    rows = []
+    for batch in batches:
+        inputs = step_inputs(agent, env, batch)
+        compiled = step.lower(params, *inputs).compile()
+        flops_b = flops_of(compiled) / batch
+        agent_sps = batch / timed(lambda c=compiled, i=inputs: c(params, *i), _MIN_SECONDS.value)
+
+        episodes = rollout_lib.make_episode_rollout(env, agent, batch)
+        calls = iter(range(1 << 30))
+        both_sps = (
+            decisions
+            * batch
+            / timed(
+                lambda e=episodes, c=calls: e(
+                    params, jax.random.fold_in(jax.random.key(2), next(c))
+                ),
+                _MIN_SECONDS.value,
+            )
+        )
+
+        learner_sps = float("nan")
+        if _LEARNER.value:
+            traj = episodes(params, jax.random.key(3))
+            learner_sps = (
+                decisions
+                * batch
+                / timed(lambda t=traj: learner_step(agent, params, t), _MIN_SECONDS.value)
+            )
+        row = dict(
+            config=name,
+            batch=batch,
+            params=count,
+            mflop_per_step=flops_b / 1e6,
+            agent_sps=agent_sps,
+            both_sps=both_sps,
+            learner_sps=learner_sps,
+        )
+        rows.append(row)
+        print(
+            f"  batch {batch:>4}: agent {agent_sps:>9,.0f}/s  agent+env {both_sps:>9,.0f}/s  "
+            f"learner fwd+bwd {learner_sps:>9,.0f}/s  ({flops_b / 1e6:.1f} MFLOP/step)",
+            flush=True,
+        )
+    return rows
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def learner_step(agent: agent_lib.SpiralAgent, params: Any, traj: rollout_lib.Trajectory):
+    """Gradient of an actor-critic-shaped loss over the trajectory (timing only)."""
+
+    def loss(p: Any) -> jax.Array:
+        out = agent.apply(p, **traj.unroll_inputs(), method=agent_lib.SpiralAgent.unroll)
+        adv = jax.lax.stop_gradient(-out.baseline)
+        return (
+            -jnp.mean(out.log_prob * adv) + jnp.mean(out.baseline**2) - 0.01 * jnp.mean(out.entropy)
+        )
+
+    return jax.grad(loss)(params)
+
+
+def env_steps_per_second(env: LibMyPaint, batch: int) -> float:
+    decisions = env.episode_length - 1
+    spec = env.action_spec()
+    rng = np.random.default_rng(0)
+    actions = {
+        k: jnp.asarray(rng.integers(0, n, size=(decisions, batch)), jnp.int32)
+        for k, n in spec.items()
+    }
+
+    @jax.jit
+    def run(key: jax.Array) -> jax.Array:
+        state, _ = jax.vmap(env.reset)(jax.random.split(key, batch))
+
+        def body(s: Any, a: Any) -> tuple[Any, None]:
+            return jax.vmap(env.step)(s, a)[0], None
+
+        return jax.lax.scan(body, state, actions)[0].canvas
+
+    return decisions * batch / timed(lambda: run(jax.random.key(0)), _MIN_SECONDS.value)
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    env = LibMyPaint(
+        episode_length=_EPISODE_LENGTH.value,
+        canvas_width=_CANVAS.value,
+        grid_width=_GRID.value,
+    )
+    device = jax.devices()[0]
+    print(
+        f"JAX {jax.__version__} on {device.platform} ({device.device_kind}), "
+        f"{os.cpu_count()} CPU cores; canvas {_CANVAS.value}, grid {_GRID.value}, "
+        f"{_EPISODE_LENGTH.value - 1} decisions per episode"
+    )
+    batches = [int(b) for b in _BATCH_SIZES.value]
+    for name in _CONFIGS.value:
+        if name not in CONFIGS:
+            raise ValueError(f"unknown config {name!r}; allowed: {sorted(CONFIGS)}")
+    env_rows = {b: env_steps_per_second(env, b) for b in batches}
+    for b, sps in env_rows.items():
+        print(f"  environment alone, batch {b:>4}: {sps:>9,.0f} steps/s", flush=True)
+    rows = [r for name in _CONFIGS.value for r in bench_config(name, env, batches)]
+
+    print(
+        "\n| agent | params | MFLOP/step | batch | agent steps/s | env steps/s "
+        "| agent+env steps/s | learner fwd+bwd steps/s |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['config']} | {r['params']:,} | {r['mflop_per_step']:.1f} | {r['batch']} "
+            f"| {r['agent_sps']:,.0f} | {env_rows[r['batch']]:,.0f} | {r['both_sps']:,.0f} "
+            f"| {r['learner_sps']:,.0f} |"
+        )
+
+
+if __name__ == "__main__":
+    app.run(main)
