@@ -316,6 +316,27 @@ def update_spectral_stats(
     return updates[SPECTRAL]
 
 
+def score_canvases(
+    apply_fn: CriticFn, params: Any, canvases: Array, target: Array | None = None
+) -> Array:
+    """D's scores of canvases with any leading axes, e.g. [T + 1, B, H, W, C] -> [T + 1, B].
+
+    ``target`` ([..., H, W, C]) is broadcast against the canvases' leading axes, so
+    one target per episode [B, H, W, C] serves all its steps. One forward pass over
+    the flattened batch (for `rewards.per_step_d_reward`).
+    """
+    if getattr(canvases, "ndim", 0) < 4:
+        raise ValueError(
+            f"canvases must be [..., B, H, W, C], got {getattr(canvases, 'shape', None)}"
+        )
+    lead, image = canvases.shape[:-3], canvases.shape[-3:]
+    flat_target = None
+    if target is not None:
+        flat_target = jnp.broadcast_to(target, canvases.shape).reshape((-1,) + image)
+    scores = apply_fn(params, canvases.reshape((-1,) + image), flat_target)
+    return scores.astype(jnp.float32).reshape(lead)
+
+
 # ----------------------------------------------------------------------------------------
 # Losses.
 

@@ -62,6 +62,19 @@ def test_output_and_parameter_shapes(config, shape, flat):
     np.testing.assert_allclose(np.asarray(one)[0], np.asarray(out)[1], rtol=1e-5, atol=1e-6)
 
 
+def test_score_canvases_over_time_and_batch():
+    config = D.DiscriminatorConfig(channels=(4,), conditional=True)
+    disc, variables = _init(config, (8, 8, 1))
+    apply_fn = D.critic_fn(disc)
+    canvases = jnp.asarray(_images(0, (3, 2, 8, 8, 1)))  # [T + 1, B, ...]
+    target = jnp.asarray(_images(1, (2, 8, 8, 1)))  # one per episode
+    got = D.score_canvases(apply_fn, variables["params"], canvases, target)
+    assert got.shape == (3, 2)
+    for t in range(3):
+        want = apply_fn(variables["params"], canvases[t], target)
+        np.testing.assert_allclose(np.asarray(got[t]), np.asarray(want), rtol=1e-5, atol=1e-6)
+
+
 def test_initialiser_statistics():
     """Sonnet 1's initialiser: truncated normal (+-2 sd), sd 1/sqrt(fan_in); zero bias."""
     _, variables = _init(D.PAPER, (64, 64, 3))
