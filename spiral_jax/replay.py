@@ -155,18 +155,22 @@ def sample_indices(replay: Replay, key: Array, batch_size: int) -> Array:
     return jax.random.randint(key, (batch_size,), 0, jnp.maximum(replay.count, 1), jnp.int32)
 
 
+def take(replay: Replay, indices: Array) -> tuple[Array, Array | None]:
+    """The canvases (and targets) at the given slots, float32 [len(indices), H, W, C]."""
+    canvases = _decode(jnp.take(replay.canvases, indices, axis=0))
+    targets = None
+    if replay.conditional:
+        targets = _decode(jnp.take(replay.targets, indices, axis=0))
+    return canvases, targets
+
+
 def sample(replay: Replay, key: Array, batch_size: int) -> tuple[Array, Array | None]:
     """Draws ``batch_size`` canvases (and their targets) uniformly with replacement.
 
     Returns float32 [batch_size, H, W, C] in [0, 1], and the targets or None. The draw
     is a deterministic function of ``key``.
     """
-    idx = sample_indices(replay, key, batch_size)
-    canvases = _decode(jnp.take(replay.canvases, idx, axis=0))
-    targets = None
-    if replay.conditional:
-        targets = _decode(jnp.take(replay.targets, idx, axis=0))
-    return canvases, targets
+    return take(replay, sample_indices(replay, key, batch_size))
 
 
 def memory_bytes(capacity: int, canvas_shape: tuple[int, int, int], *, conditional: bool = False,
