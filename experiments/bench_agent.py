@@ -9,8 +9,10 @@ episodes) it prints:
 
 * the parameter count;
 * FLOPs of one agent step (torso, LSTM, sampling all eight heads), from XLA's cost
-  analysis of the compiled step at batch 1, and per episode at the largest batch;
-* steps per second, after a warm-up call, of
+  analysis of the compiled step at batch 1 and, per step, at each batch size. (XLA
+  counts what it runs: the sub-pixel transposed convs do 9/4 of a transposed conv's
+  minimal multiply-adds.)
+* steps per second (fastest of >= 3 calls after a warm-up call) of
   - the agent alone (`SpiralAgent.step`, jitted, batch B),
   - the environment alone (`jit(scan(vmap(env.step)))`),
   - agent and environment together: `rollout.make_episode_rollout`, whole episodes
@@ -47,16 +49,18 @@ _LEARNER = flags.DEFINE_bool("learner", True, "Also time unroll forward + backwa
 CONFIGS = {"paper": agent_lib.PAPER, "small": agent_lib.SMALL}
 
 
-def timed(fn: Callable[[], Any], min_seconds: float) -> float:
-    """Seconds per call of `fn`, after one warm-up call, over at least `min_seconds`."""
+def timed(fn: Callable[[], Any], min_seconds: float, min_calls: int = 3) -> float:
+    """Seconds of the fastest call of `fn`, after one warm-up call, over at least
+    `min_calls` calls and `min_seconds`. The fastest, not the mean: other jobs share
+    this machine's cores, and they only ever slow a call down."""
     jax.block_until_ready(fn())
-    calls, start = 0, time.perf_counter()
-    while True:
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < min_calls or time.perf_counter() - start < min_seconds:
+        t0 = time.perf_counter()
         jax.block_until_ready(fn())
-        calls += 1
-        elapsed = time.perf_counter() - start
-        if elapsed >= min_seconds:
-            return elapsed / calls
+        times.append(time.perf_counter() - t0)
+    return min(times)
 
 
 def flops_of(compiled: Any) -> float:
@@ -174,7 +178,8 @@ def main(argv: list[str]) -> None:
     print(
         f"JAX {jax.__version__} on {device.platform} ({device.device_kind}), "
         f"{os.cpu_count()} CPU cores; canvas {_CANVAS.value}, grid {_GRID.value}, "
-        f"{_EPISODE_LENGTH.value - 1} decisions per episode"
+        f"{_EPISODE_LENGTH.value - 1} decisions per episode; "
+        f"load average {os.getloadavg()[0]:.1f} at start"
     )
     batches = [int(b) for b in _BATCH_SIZES.value]
     for name in _CONFIGS.value:
@@ -185,6 +190,7 @@ def main(argv: list[str]) -> None:
         print(f"  environment alone, batch {b:>4}: {sps:>9,.0f} steps/s", flush=True)
     rows = [r for name in _CONFIGS.value for r in bench_config(name, env, batches)]
 
+    print(f"\nload average {os.getloadavg()[0]:.1f} at the end; times are the fastest call")
     print(
         "\n| agent | params | MFLOP/step | batch | agent steps/s | env steps/s "
         "| agent+env steps/s | learner fwd+bwd steps/s |"

@@ -7,7 +7,9 @@ trains on a CPU. The paper-sized default (`PAPER`) reproduces SPIRAL's network.
 
 Layers, for a canvas of width W and an action grid of width G (paper: W=64, G=32;
 `c` = `AgentConfig.channels`, 32 in the paper; `r` = `num_res_blocks`, 8; `h` =
-`lstm_size`, 256)::
+`lstm_size`, 256; the MLP widths and the embedding width 16 are `AgentConfig` fields
+too). The paper-sized agent for SPIRAL's 64x64 colour environment (grid 32, pressure,
+six brush sizes) has 1,613,329 parameters::
 
   Torso
     input      canvas [W, W, C] (+ target [W, W, C] if conditional)
@@ -24,7 +26,7 @@ Layers, for a canvas of width W and an action grid of width G (paper: W=64, G=32
     conv       3x3, c (no activation)
     res block  ReLU -> 3x3 conv c -> ReLU -> 1x1 conv c, added   (r blocks)
     ReLU
-    flatten (8 * 8 * c) -> ReLU -> Linear(256)
+    flatten (8 * 8 * c) -> ReLU -> Linear(`torso_output`, 256)
   Core         LSTM(h): gates i, j, f, o from one matrix over concat(x, h_prev);
                forget-gate bias +1; zero state at episode starts (step_type FIRST)
   Heads        autoregressive, in the order flag, end, control, size, pressure, red,
