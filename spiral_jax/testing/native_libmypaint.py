@@ -29,9 +29,14 @@ Two deliberate differences from the public SPIRAL code, both switchable:
   constant, so an episode's rendering depends only on its own actions; this is how the
   fixtures in `shared/fixtures` were made.
 
-`jitter=False` switches off the brush's random dab offsets and radius noise (settings
-`offset_by_random` and `radius_by_random`): the deterministic part of the brush, as in
-the `*_nojitter` fixture.
+`jitter=False` switches off the brush's random dab offsets and radius noise: the base
+values of `offset_by_random` and `radius_by_random` go to 0 *and* offset_by_random's
+pressure curve is removed (dry_brush's offset base value is already 0; all its offset
+comes from that curve, 1.4 at pressure 1). This is the deterministic part of the brush,
+as in the `*_nojitter` fixture; zeroing the base values alone leaves the offsets on.
+
+`record_dabs=True` (or `render_episodes_with_dabs`) records the arguments of every
+`draw_dab` call, for debugging a renderer against libmypaint dab by dab.
 
 The library is optional. `available()` tells whether the shared library and the brush
 file were found; constructing `NativeLibMyPaint` without them raises `RuntimeError`
