@@ -240,7 +240,8 @@ def test_grayscale_conditional_rollout():
     env = FakePaintEnv(episode_length=4, canvas_width=16, grid_width=4, use_color=False)
     agent, params = _setup(env, conditional=True)
     targets = jax.random.uniform(jax.random.key(9), (2, 16, 16, 1))
-    traj = R.make_episode_rollout(env, agent, 2)(params, jax.random.key(10), targets)
+    episodes = R.make_episode_rollout(env, agent, 2)
+    traj = episodes(params, jax.random.key(10), targets)
     assert traj.observation["canvas"].shape == (3, 2, 16, 16, 1)
     np.testing.assert_array_equal(
         traj.observation["target"], np.broadcast_to(targets, (3, 2, 16, 16, 1))
@@ -250,7 +251,7 @@ def test_grayscale_conditional_rollout():
     out = UNROLL(agent, params, traj.unroll_inputs())
     np.testing.assert_allclose(out.log_prob, traj.behaviour_log_prob, atol=1e-4, rtol=1e-5)
     # The target matters to a conditional agent.
-    other = R.make_episode_rollout(env, agent, 2)(params, jax.random.key(10), 1.0 - targets)
+    other = episodes(params, jax.random.key(10), 1.0 - targets)
     assert not np.allclose(other.baseline, traj.baseline)
     with pytest.raises(ValueError, match="needs targets of shape"):
         R.rollout_episodes(env, agent, params, jax.random.key(0), 2)
