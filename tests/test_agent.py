@@ -521,3 +521,54 @@ def test_fast_strided_conv_gradients_match_autodiff():
         np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-5)
     with pytest.raises(ValueError, match="even height and width"):
         A.StridedConv(4).init(jax.random.key(0), jnp.ones((1, 7, 8, 3)))
+
+
+def test_torso_inputs_coordinates_and_masked_previous_action(small):
+    """The first conv sees canvas, then x (varying along the width), then y; the
+    previous action reaches the torso only through the parts its mask lets through."""
+    agent, params, _, _ = small
+    torso = A.Torso(agent.action_spec, agent.config)
+    tp = params["params"]["torso"]
+    n = 2
+    canvas = jnp.asarray(
+        np.random.default_rng(14).uniform(size=(n, CANVAS, CANVAS, 3)), jnp.float32
+    )
+    noise = jnp.zeros((n, 10))
+    move = A.action_masks(jnp.zeros((n,), jnp.int32), agent.action_spec)
+    prev = A.zero_action(agent.action_spec, (n,))
+
+    @jax.jit
+    def conv_out(kernel, prev, mask):
+        p = {**tp, "conv": {"kernel": kernel, "bias": jnp.zeros_like(tp["conv"]["bias"])}}
+        out, state = torso.apply(
+            {"params": p},
+            {"canvas": canvas, "action_mask": mask},
+            prev,
+            noise,
+            capture_intermediates=True,
+        )
+        return state["intermediates"]["conv"]["__call__"][0], out
+
+    lin = np.linspace(-1.0, 1.0, CANVAS)
+    for channel, want in (
+        (0, np.asarray(canvas[..., 0])),
+        (3, np.broadcast_to(lin[None, None, :], (n, CANVAS, CANVAS))),
+        (4, np.broadcast_to(lin[None, :, None], (n, CANVAS, CANVAS))),
+    ):
+        kernel = np.zeros(tp["conv"]["kernel"].shape, np.float32)
+        kernel[2, 2, channel, 0] = 1.0  # the centre tap of a 5x5 kernel
+        got, _ = conv_out(jnp.asarray(kernel), prev, move)
+        np.testing.assert_allclose(got[..., 0], want, atol=1e-6)
+
+    kernel = tp["conv"]["kernel"]
+    _, base = conv_out(kernel, prev, move)
+    changed_size = dict(prev, size=jnp.full((n,), 2, jnp.int32))
+    _, masked = conv_out(kernel, changed_size, move)  # 'size' does not count after a move
+    np.testing.assert_array_equal(masked, base)
+    paint = A.action_masks(jnp.ones((n,), jnp.int32), agent.action_spec)
+    _, paint_base = conv_out(kernel, prev, paint)
+    _, paint_changed = conv_out(kernel, changed_size, paint)
+    assert not np.allclose(paint_changed, paint_base)
+    changed_end = dict(prev, end=jnp.full((n,), 9, jnp.int32))
+    _, moved = conv_out(kernel, changed_end, move)  # 'end' counts after a move
+    assert not np.allclose(moved, base)
