@@ -48,7 +48,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from spiral_jax.agent import sonnet_init
+from spiral_jax.agent import conv_4x4_s2, sonnet_init
 
 Array = jax.Array
 #: (params, canvas [B, H, W, C], target [B, H, W, C] or None) -> scores float32 [B].
@@ -84,6 +84,12 @@ class DiscriminatorConfig:
       conditional: the D sees (canvas, target) pairs, concatenated on channels.
       dtype: compute dtype, "float32" or "bfloat16". Parameters and the spectral
         statistics stay float32; the last linear layer and the output are float32.
+      cpu_friendly_conv: compute 4x4 stride-2 layers on even-sized inputs with
+        `spiral_jax.agent.conv_4x4_s2`: the same function and parameters as
+        `flax.linen.Conv`, but its input gradient avoids the input-dilated convolution
+        that XLA's CPU backend runs slowly. The gradient penalty differentiates
+        through input gradients, so on a 2-core CPU this makes the paper-sized WGAN-GP
+        step about 3.5x faster. Other layers (odd sizes, other kernels) use nn.Conv.
     """
 
     channels: tuple[int, ...] = (64, 128, 256, 512)
@@ -93,6 +99,7 @@ class DiscriminatorConfig:
     power_iterations: int = 1
     conditional: bool = False
     dtype: str = "float32"
+    cpu_friendly_conv: bool = True
 
     def validate(self) -> None:
         """Raises ValueError for options the network cannot be built with."""
@@ -125,6 +132,11 @@ class DiscriminatorConfig:
             raise ValueError(
                 f"DiscriminatorConfig.conditional must be a bool, got {self.conditional!r}"
             )
+        if not isinstance(self.cpu_friendly_conv, bool):
+            raise ValueError(
+                f"DiscriminatorConfig.cpu_friendly_conv must be a bool, "
+                f"got {self.cpu_friendly_conv!r}"
+            )
         if self.dtype not in DTYPES:
             raise ValueError(
                 f"DiscriminatorConfig.dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}"
@@ -141,6 +153,24 @@ SMALL = DiscriminatorConfig(channels=(16, 32, 64))
 
 # ----------------------------------------------------------------------------------------
 # Network.
+
+
+class StridedConv4x4(nn.Module):
+    """4x4 stride-2 SAME conv with bias via `conv_4x4_s2` (even H and W only).
+
+    Parameters are named and shaped as `flax.linen.Conv`'s (``kernel`` [4, 4, C_in,
+    C_out], ``bias``), so the two are interchangeable.
+    """
+
+    features: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        kernel = self.param("kernel", sonnet_init(), (4, 4, x.shape[-1], self.features))
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+        x, kernel, bias = (a.astype(self.dtype) for a in (x, kernel, bias))
+        return conv_4x4_s2(x, kernel) + bias
 
 
 class Discriminator(nn.Module):
@@ -174,16 +204,20 @@ class Discriminator(nn.Module):
         h = h.astype(dtype)
         k = cfg.kernel_size
         for i, width in enumerate(cfg.channels):
-            conv = nn.Conv(
-                width,
-                (k, k),
-                strides=(2, 2),
-                padding="SAME",
-                kernel_init=sonnet_init(),
-                dtype=dtype,
-                param_dtype=jnp.float32,
-                name=f"conv_{i}",
-            )
+            even = h.shape[1] % 2 == 0 and h.shape[2] % 2 == 0
+            if cfg.cpu_friendly_conv and k == 4 and even:
+                conv = StridedConv4x4(width, dtype=dtype, name=f"conv_{i}")
+            else:
+                conv = nn.Conv(
+                    width,
+                    (k, k),
+                    strides=(2, 2),
+                    padding="SAME",
+                    kernel_init=sonnet_init(),
+                    dtype=dtype,
+                    param_dtype=jnp.float32,
+                    name=f"conv_{i}",
+                )
             h = nn.leaky_relu(apply_layer(conv, i, h), cfg.leaky_slope)
         h = h.reshape(h.shape[0], -1).astype(jnp.float32)
         # The score is the reward: its last layer runs in float32 even under bfloat16.

@@ -121,27 +121,52 @@ def _forward_np(params, canvas, target, slope=0.2, sigmas=None) -> np.ndarray:
     return (h.reshape(h.shape[0], -1) @ kernel)[:, 0] + float(params["logit"]["bias"][0])
 
 
-@pytest.mark.parametrize("conditional", [False, True])
-def test_forward_matches_numpy(conditional):
-    # 9x9: odd sizes exercise SAME padding's asymmetric split.
+@pytest.mark.parametrize("conditional, size", [(False, 9), (True, 9), (True, 8), (False, 12)])
+def test_forward_matches_numpy(conditional, size):
+    # Odd sizes exercise SAME padding's asymmetric split (and nn.Conv); even sizes the
+    # CPU-friendly stride-2 conv; 12 -> 6 -> 3 uses both.
     config = D.DiscriminatorConfig(channels=(4, 6), conditional=conditional)
-    disc, variables = _init(config, (9, 9, 2), seed=3)
+    disc, variables = _init(config, (size, size, 2), seed=3)
     # Non-zero biases, so that they are tested too.
     params = jax.tree_util.tree_map(
         lambda x: x + 0.1 if x.ndim == 1 else x, variables["params"]
     )
-    canvas = _images(4, (2, 9, 9, 2))
-    target = _images(5, (2, 9, 9, 2)) if conditional else None
+    canvas = _images(4, (2, size, size, 2))
+    target = _images(5, (2, size, size, 2)) if conditional else None
     got = D.critic_fn(disc)(params, jnp.asarray(canvas),
                             None if target is None else jnp.asarray(target))
     want = _forward_np(params, canvas, target)
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-5)
 
 
+def test_cpu_friendly_conv_is_the_same_function_to_second_order():
+    """conv_4x4_s2 and nn.Conv share parameters; the loss, its parameter gradients and
+    the gradient penalty's (second-order) terms agree."""
+    shape = (16, 16, 2)
+    fast, variables = _init(D.DiscriminatorConfig(channels=(4, 8)), shape, seed=2)
+    plain = D.make_discriminator(D.DiscriminatorConfig(channels=(4, 8), cpu_friendly_conv=False))
+    params = variables["params"]
+    real = jnp.asarray(_images(1, (3,) + shape))
+    fake = jnp.asarray(_images(2, (3,) + shape))
+    outs = []
+    for disc in (fast, plain):
+        outs.append(jax.jit(jax.value_and_grad(
+            lambda p, disc=disc: D.wgan_gp_loss(D.critic_fn(disc), p, real, fake,
+                                                jax.random.key(0), gp_weight=10.0),
+            has_aux=True))(params))
+    (loss_a, m_a), g_a = outs[0]
+    (loss_b, m_b), g_b = outs[1]
+    assert float(loss_a) == pytest.approx(float(loss_b), rel=1e-5)
+    assert float(m_a["gradient_penalty"]) == pytest.approx(float(m_b["gradient_penalty"]),
+                                                           rel=1e-4)
+    for a, b in zip(jax.tree_util.tree_leaves(g_a), jax.tree_util.tree_leaves(g_b), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+
+
 def test_bad_config_and_inputs():
     for bad in (dict(channels=[64, 128]), dict(channels=(64, 0)), dict(dtype="float16"),
                 dict(power_iterations=0), dict(leaky_slope=1.5), dict(kernel_size=0),
-                dict(spectral_norm=1)):
+                dict(spectral_norm=1), dict(cpu_friendly_conv="yes")):
         with pytest.raises(ValueError, match=next(iter(bad))):
             D.make_discriminator(D.DiscriminatorConfig(**bad))
     disc, variables = _init(D.DiscriminatorConfig(channels=(4,), conditional=True), (8, 8, 1))
@@ -434,17 +459,17 @@ def test_spectral_norm_gradients_reach_params_only_and_train_under_jit():
 
 @pytest.mark.parametrize("spectral_norm", [False, True])
 def test_bfloat16_compute_has_no_nans_and_tracks_float32(spectral_norm):
-    shape = (28, 28, 1)
-    config = D.DiscriminatorConfig(channels=(16, 32, 64), spectral_norm=spectral_norm,
+    shape = (14, 14, 1)  # 14 -> 7 -> 4: both kinds of strided conv
+    config = D.DiscriminatorConfig(channels=(8, 16), spectral_norm=spectral_norm,
                                    dtype="bfloat16")
     disc, variables = _init(config, shape, seed=4)
     params, spectral = D.split_variables(variables)
     assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(variables))
-    real = jnp.asarray(_images(1, (8,) + shape))
-    fake = jnp.asarray(_images(2, (8,) + shape))
+    real = jnp.asarray(_images(1, (4,) + shape))
+    fake = jnp.asarray(_images(2, (4,) + shape))
     apply_bf16 = D.critic_fn(disc, spectral)
     f32 = D.make_discriminator(D.DiscriminatorConfig(
-        channels=(16, 32, 64), spectral_norm=spectral_norm))
+        channels=(8, 16), spectral_norm=spectral_norm))
     scores16 = apply_bf16(params, real)
     scores32 = D.critic_fn(f32, spectral)(params, real)
     assert scores16.dtype == jnp.float32
