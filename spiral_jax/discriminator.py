@@ -417,24 +417,33 @@ def _scores_real_fake(
 
 
 def interpolates(
-    key: Array,
+    key: Array | None,
     real: Array,
     fake: Array,
     real_target: Array | None = None,
     fake_target: Array | None = None,
+    eps: Array | None = None,
 ) -> tuple[Array, Array | None, Array]:
     """WGAN-GP's random points on the segments between real and fake inputs.
 
     x_hat = eps * real + (1 - eps) * fake with eps ~ U[0, 1] per example (Gulrajani et
-    al., 2017, Alg. 1). Conditional inputs are pairs: both members are interpolated.
-    Returns (canvas_hat, target_hat or None, eps [B]).
+    al., 2017, Alg. 1), drawn from ``key`` unless ``eps`` [B] is given (e.g. drawn
+    from per-example keys, so that a data-parallel step does not depend on how the
+    batch is split over devices). Conditional inputs are pairs: both members are
+    interpolated. Returns (canvas_hat, target_hat or None, eps [B]).
     """
     if real.shape != fake.shape:
         raise ValueError(
             f"the gradient penalty pairs real and fake examples one to one; got real "
             f"{tuple(real.shape)} and fake {tuple(fake.shape)}"
         )
-    eps = jax.random.uniform(key, (real.shape[0],), jnp.float32)
+    if eps is None:
+        if key is None:
+            raise ValueError("interpolates needs a PRNG key or explicit eps")
+        eps = jax.random.uniform(key, (real.shape[0],), jnp.float32)
+    elif tuple(eps.shape) != (real.shape[0],):
+        raise ValueError(f"eps must have shape ({real.shape[0]},), got {tuple(eps.shape)}")
+    eps = eps.astype(jnp.float32)
     e = eps[:, None, None, None]
     x_hat = e * real + (1.0 - e) * fake
     t_hat = None if real_target is None else e * real_target + (1.0 - e) * fake_target
@@ -472,12 +481,13 @@ def wgan_gp_loss(
     params: Any,
     real: Array,
     fake: Array,
-    key: Array,
+    key: Array | None,
     *,
     fake_target: Array | None = None,
     gp_weight: float = 1.0,
     gp_target: float = 1.0,
     drift_weight: float = 1e-3,
+    eps: Array | None = None,
 ) -> tuple[Array, dict[str, Array]]:
     """SPIRAL's critic loss: WGAN-GP plus a drift term; minimise it over ``params``.
 
@@ -491,11 +501,12 @@ def wgan_gp_loss(
       real: real images [B, H, W, C]; for a conditional D the targets themselves
         (real pairs are (target, target)).
       fake: generated canvases [B, H, W, C] (e.g. sampled from the replay).
-      key: PRNG key for the interpolation weights.
+      key: PRNG key for the interpolation weights (may be None when ``eps`` is given).
       fake_target: the targets the fake canvases were painted for (conditional D).
       gp_weight: penalty weight (SPIRAL: 1.0; Gulrajani et al.: 10).
       gp_target: the gradient norm the penalty pulls towards (SPIRAL: 1.0).
       drift_weight: weight of mean D(real)^2 (Karras et al.: 0.001).
+      eps: optional interpolation weights [B] in [0, 1] (see `interpolates`).
 
     Returns:
       (loss, metrics): float32 scalars. ``wasserstein`` = mean D(real) - mean D(fake),
@@ -503,7 +514,7 @@ def wgan_gp_loss(
     """
     real_c, real_t, fake_c, fake_t = _pairs(real, fake, fake_target)
     d_real, d_fake = _scores_real_fake(apply_fn, params, real_c, real_t, fake_c, fake_t)
-    x_hat, t_hat, _ = interpolates(key, real_c, fake_c, real_t, fake_t)
+    x_hat, t_hat, _ = interpolates(key, real_c, fake_c, real_t, fake_t, eps)
     gp, norms = gradient_penalty(apply_fn, params, x_hat, t_hat, gp_target)
     drift = jnp.mean(jnp.square(d_real))
     critic = jnp.mean(d_fake) - jnp.mean(d_real)
@@ -563,12 +574,13 @@ def discriminator_loss(
     params: Any,
     real: Array,
     fake: Array,
-    key: Array,
+    key: Array | None,
     *,
     fake_target: Array | None = None,
     gp_weight: float = 1.0,
     gp_target: float = 1.0,
     drift_weight: float = 1e-3,
+    eps: Array | None = None,
 ) -> tuple[Array, dict[str, Array]]:
     """`wgan_gp_loss` or `gan_loss` by name (``loss`` in `LOSSES`); the WGAN weights are
     ignored by the GAN loss."""
@@ -576,7 +588,7 @@ def discriminator_loss(
     if loss == "wgan_gp":
         return wgan_gp_loss(
             apply_fn, params, real, fake, key, fake_target=fake_target,
-            gp_weight=gp_weight, gp_target=gp_target, drift_weight=drift_weight,
+            gp_weight=gp_weight, gp_target=gp_target, drift_weight=drift_weight, eps=eps,
         )
     return gan_loss(apply_fn, params, real, fake, key, fake_target=fake_target)
 

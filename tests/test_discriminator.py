@@ -269,6 +269,15 @@ def test_gradient_penalty_quadratic_critic_matches_numpy():
     _, metrics = D.wgan_gp_loss(apply_fn, params, jnp.asarray(real), jnp.asarray(fake), key,
                                 gp_weight=2.0)
     assert float(metrics["gradient_penalty"]) == pytest.approx(float(gp), rel=1e-6)
+    # Explicit eps (e.g. from per-example keys) is used as given.
+    _, explicit = D.wgan_gp_loss(apply_fn, params, jnp.asarray(real), jnp.asarray(fake), None,
+                                 gp_weight=2.0, eps=jnp.asarray(eps, jnp.float32))
+    assert float(explicit["gradient_penalty"]) == pytest.approx(float(gp), rel=1e-6)
+    with pytest.raises(ValueError, match="eps must have shape"):
+        D.wgan_gp_loss(apply_fn, params, jnp.asarray(real), jnp.asarray(fake), None,
+                       eps=jnp.zeros((2,)))
+    with pytest.raises(ValueError, match="key or explicit eps"):
+        D.wgan_gp_loss(apply_fn, params, jnp.asarray(real), jnp.asarray(fake), None)
     # And it is a function of the key.
     _, other = D.wgan_gp_loss(apply_fn, params, jnp.asarray(real), jnp.asarray(fake),
                               jax.random.key(4))

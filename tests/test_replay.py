@@ -63,6 +63,9 @@ def test_ring_buffer_matches_python_reference():
         stored = _ids(datasets.to_float(rep.canvases))
         want = np.array([0 if s is None else s for s in ref.slots])
         np.testing.assert_array_equal(stored, want)
+        # take() reads chosen slots, in the order asked.
+        idx = np.array([ref.pointer - 1, 0, capacity - 1, 0]) % capacity
+        np.testing.assert_array_equal(_ids(R.take(rep, jnp.asarray(idx))[0]), want[idx])
     assert rep.canvases.dtype == jnp.uint8 and rep.capacity == capacity
 
 
