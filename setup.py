@@ -5,7 +5,7 @@ from setuptools import find_packages, setup
 setup(
     name="spiral-jax",
     version="0.1.0",
-    description="SPIRAL: synthesizing programs for images with reinforced adversarial learning, in JAX",
+    description="SPIRAL (Ganin et al. 2018) in JAX: painting agents trained adversarially",
     packages=find_packages(include=["spiral_jax", "spiral_jax.*", "experiments", "experiments.*"]),
     python_requires=">=3.10",
     install_requires=[

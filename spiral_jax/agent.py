@@ -80,6 +80,7 @@ import numpy as np
 from flax import struct
 
 FIRST, MID, LAST = 0, 1, 2
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 # SPIRAL's action-spec order (spiral/environments/libmypaint.py) and the order in
 # which the agent samples the parts (AutoregressiveHeads.ORDERS["libmypaint"]).
@@ -115,6 +116,10 @@ class AgentConfig:
       residual_hidden: hidden widths of the heads' residual MLPs (16, 32).
       noise_dim: size of the per-episode noise (10); 0 drops the noise input.
       conditional: whether the agent also sees a target image (our extension).
+      dtype: compute dtype, "float32" or "bfloat16" (accelerators). Inputs and the
+        heads' inputs are cast to it; logits, baselines and the LSTM state stay
+        float32. Parameters stay float32: pass a copy cast to `dtype` to `apply`
+        (as `spiral_jax.train` does) to run the layers in it.
     """
 
     channels: int = 32
@@ -127,6 +132,7 @@ class AgentConfig:
     residual_hidden: tuple[int, ...] = (16, 32)
     noise_dim: int = 10
     conditional: bool = False
+    dtype: str = "float32"
 
     def validate(self) -> None:
         """Raises ValueError for sizes the network cannot be built with."""
@@ -144,6 +150,10 @@ class AgentConfig:
             raise ValueError(
                 f"AgentConfig.lstm_size must be a multiple of 16 (z is reshaped to 4x4xC), "
                 f"got {self.lstm_size}"
+            )
+        if self.dtype not in COMPUTE_DTYPES:
+            raise ValueError(
+                f"AgentConfig.dtype must be one of {tuple(COMPUTE_DTYPES)}, got {self.dtype!r}"
             )
         for name in ("cond_hidden", "noise_hidden", "residual_hidden"):
             widths = getattr(self, name)
@@ -410,6 +420,7 @@ def conv_transpose_4x4_s2(x: Array, kernel: Array) -> Array:
     """
     n, h, w, _ = x.shape
     co = kernel.shape[-1]
+    x = x.astype(kernel.dtype)  # the kernel's dtype is the compute dtype
     y = jax.lax.conv_general_dilated(
         x, _subpixel_kernel(kernel), (1, 1), "SAME", dimension_numbers=_DN
     )
@@ -417,8 +428,13 @@ def conv_transpose_4x4_s2(x: Array, kernel: Array) -> Array:
     return y.reshape(n, 2 * h, 2 * w, co)
 
 
-@jax.custom_vjp
 def conv_4x4_s2(x: Array, kernel: Array) -> Array:
+    """A 4x4, stride-2, SAME convolution in the kernel's dtype; see `_conv_4x4_s2`."""
+    return _conv_4x4_s2(x.astype(kernel.dtype), kernel)
+
+
+@jax.custom_vjp
+def _conv_4x4_s2(x: Array, kernel: Array) -> Array:
     """A 4x4, stride-2, SAME convolution (NHWC, even H and W).
 
     Its input gradient is a stride-2 transposed convolution, computed with
@@ -429,7 +445,7 @@ def conv_4x4_s2(x: Array, kernel: Array) -> Array:
 
 
 def _conv_4x4_s2_fwd(x: Array, kernel: Array) -> tuple[Array, tuple[Array, Array]]:
-    return conv_4x4_s2(x, kernel), (x, kernel)
+    return _conv_4x4_s2(x, kernel), (x, kernel)
 
 
 def _conv_4x4_s2_bwd(res: tuple[Array, Array], g: Array) -> tuple[Array, Array]:
@@ -445,7 +461,7 @@ def _conv_4x4_s2_bwd(res: tuple[Array, Array], g: Array) -> tuple[Array, Array]:
     return dx, vjp_w(g)[0]
 
 
-conv_4x4_s2.defvjp(_conv_4x4_s2_fwd, _conv_4x4_s2_bwd)
+_conv_4x4_s2.defvjp(_conv_4x4_s2_fwd, _conv_4x4_s2_bwd)
 
 
 class StridedConv(nn.Module):
@@ -695,7 +711,18 @@ class SpiralAgent(nn.Module):
             k: jnp.where(reset, jnp.zeros_like(prev_action[k]), prev_action[k])
             for k, _ in self.action_spec
         }
-        return self.torso(observation, prev_action, noise)
+        observation = dict(observation)
+        for k in ("canvas", "target"):
+            if k in observation:
+                observation[k] = self._compute(observation[k])
+        return self.torso(observation, prev_action, None if noise is None else self._compute(noise))
+
+    def _compute(self, x: Array) -> Array:
+        return x.astype(COMPUTE_DTYPES[self.config.dtype])
+
+    def _heads(self, z: Array, **kwargs: Any) -> tuple[dict[str, Array], dict[str, Array]]:
+        logits, action = self.heads(self._compute(z), **kwargs)
+        return {k: v.astype(jnp.float32) for k, v in logits.items()}, action
 
     def step(
         self,
@@ -722,8 +749,8 @@ class SpiralAgent(nn.Module):
         x = self._encode(observation, state.prev_action, reset, noise)
         out, lstm = self.core(x[None], reset[None], state.lstm)
         z = out[0]
-        logits, action = self.heads(z, key=key)
-        baseline = self.baseline_head(z)[..., 0]
+        logits, action = self._heads(z, key=key)
+        baseline = self.baseline_head(z)[..., 0].astype(jnp.float32)
         return AgentOutput(action=action, logits=logits, baseline=baseline), AgentState(
             lstm=lstm, prev_action=action
         )
@@ -765,9 +792,9 @@ class SpiralAgent(nn.Module):
         )
         out, lstm = self.core(x.reshape(t, b, -1), reset, state.lstm)
         z = flat(out)
-        logits, _ = self.heads(z, actions={k: flat(actions[k]) for k in names})
+        logits, _ = self._heads(z, actions={k: flat(actions[k]) for k in names})
         logits = {k: v.reshape(t, b, -1) for k, v in logits.items()}
-        baseline = self.baseline_head(out)[..., 0]
+        baseline = self.baseline_head(out)[..., 0].astype(jnp.float32)
         masks = action_masks(actions["flag"], names)
         log_probs = masked_log_probs(logits, actions, masks)
         entropies = masked_entropies(logits, masks)

@@ -1,0 +1,208 @@
+r"""Trains SPIRAL: `python -m experiments.train --config=NAME --workdir=DIR`.
+
+    python -m experiments.train                                    # mnist5k, offline
+    python -m experiments.train --config=celeba --workdir=runs/celeba
+    python -m experiments.train --config=mnist5k --config.conditional=True \
+        --config.reward.kind=l2 --config.batch_size=64
+
+`--config` takes a name from `experiments/configs/` (mnist5k, mnist, omniglot, celeba,
+small) or a path to a config file; `--config.FIELD=VALUE` overrides any field.
+The run shows a progress bar with frames per second, writes TensorBoard events,
+PNG sample grids and orbax checkpoints to the workdir, and running the same command
+again resumes from the latest checkpoint. Ctrl-C saves a checkpoint before exiting.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import sys
+import time
+
+CONFIG_DIR = pathlib.Path(__file__).resolve().parent / "configs"
+DEFAULT_CONFIG = "mnist5k"
+
+
+def config_names() -> list[str]:
+    return sorted(
+        p.stem for p in CONFIG_DIR.glob("*.py") if p.stem not in ("__init__", "common")
+    )
+
+
+def resolve_config_argv(argv: list[str]) -> list[str]:
+    """Turns `--config=NAME` into the config file's path; exits on an unknown name."""
+    out = []
+    for i, arg in enumerate(argv):
+        value = None
+        if arg.startswith("--config="):
+            value = arg.split("=", 1)[1]
+        elif arg == "--config" and i + 1 < len(argv):
+            value = argv[i + 1]
+        if value is not None and not value.endswith(".py") and "/" not in value:
+            if value not in config_names():
+                sys.stderr.write(
+                    f"error: unknown config {value!r}; available: {', '.join(config_names())} "
+                    f"(or a path to a config file)\n"
+                )
+                sys.exit(2)
+            path = str(CONFIG_DIR / f"{value}.py")
+            if arg == "--config":
+                out.append(arg)
+                argv[i + 1] = path
+                continue
+            arg = f"--config={path}"
+        out.append(arg)
+    return out
+
+
+if __name__ == "__main__":
+    sys.argv = resolve_config_argv(sys.argv)
+
+# Imported after argv handling so that a bad name fails before JAX starts.
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import orbax.checkpoint as ocp  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+from PIL import Image  # noqa: E402
+from tensorboardX import SummaryWriter  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from spiral_jax import train as train_lib  # noqa: E402
+from spiral_jax.image_grid import make_grid, save_grid  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", str(CONFIG_DIR / f"{DEFAULT_CONFIG}.py"), "Config name or file.", lock_config=True
+)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where to write logs, samples, checkpoints.")
+_MULTIHOST = flags.DEFINE_bool(
+    "multihost", False, "Call jax.distributed.initialize() (TPU pods, multi-node GPU)."
+)
+_NUM_SAMPLES = 16
+
+
+def _default_workdir(config) -> pathlib.Path:
+    return pathlib.Path("runs") / config.dataset
+
+
+def _checkpoint_manager(workdir: pathlib.Path, config) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=config.keep_checkpoints, enable_async_checkpointing=True, create=True
+    )
+    return ocp.CheckpointManager(workdir.resolve() / "checkpoints", options=options)
+
+
+def _write_config(workdir: pathlib.Path, config) -> None:
+    path = workdir / "config.json"
+    text = config.to_json_best_effort(indent=2, sort_keys=True)
+    if path.exists() and path.read_text() != text:
+        logging.warning("config differs from the one in %s; the new one is used", path)
+    path.write_text(text)
+
+
+def _sample_grid(trainer, state, key, targets=None) -> np.ndarray:
+    traj = trainer.make_sampler(_NUM_SAMPLES)(state.policy_params, key, targets)
+    canvases = np.asarray(traj.final_canvas)
+    if targets is None:
+        return make_grid(canvases, ncols=8)
+    pairs = np.stack([np.asarray(targets), canvases], axis=1).reshape((-1,) + canvases.shape[1:])
+    return make_grid(pairs, ncols=8)
+
+
+def _save_png(path: pathlib.Path, grid: np.ndarray) -> None:
+    Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(path)
+
+
+def main(argv):
+    del argv
+    config = _CONFIG.value
+    if _MULTIHOST.value or config.multihost:
+        jax.distributed.initialize()
+    workdir = pathlib.Path(_WORKDIR.value) if _WORKDIR.value else _default_workdir(config)
+    try:
+        trainer = train_lib.make_trainer(config)
+    except (ValueError, FileNotFoundError) as e:
+        sys.stderr.write(f"error: {e}\n")
+        sys.exit(2)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "samples").mkdir(exist_ok=True)
+    is_chief = jax.process_index() == 0
+    mngr = _checkpoint_manager(workdir, config)
+    state = trainer.init(jax.random.PRNGKey(config.seed))
+    latest = mngr.latest_step()
+    if latest is not None:
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+        state = mngr.restore(latest, args=ocp.args.StandardRestore(abstract))
+        logging.info("resumed from step %d in %s", latest, workdir)
+        print(f"resumed from step {latest} ({workdir / 'checkpoints'})")
+    if is_chief:
+        _write_config(workdir, config)
+    start_step = int(state.step)
+
+    train_step = trainer.make_train_step()
+    root_key = jax.random.PRNGKey(config.seed)
+    sample_key = jax.random.fold_in(root_key, 2**31 - 1)
+    fixed_targets = None
+    if config.conditional:
+        fixed_targets = trainer.sample_data(jax.random.split(sample_key, _NUM_SAMPLES))
+    writer = SummaryWriter(str(workdir / "tensorboard")) if is_chief else None
+    frames = trainer.frames_per_step()
+    print(
+        f"training {config.dataset} on {trainer.num_devices} device(s) "
+        f"({jax.devices()[0].platform}), batch {config.batch_size}, "
+        f"{frames} frames/step, workdir {workdir}"
+    )
+    if writer is not None and start_step == 0:
+        real = np.asarray(trainer.sample_data(jax.random.split(sample_key, 64)))
+        writer.add_image("real", make_grid(real, ncols=8), 0, dataformats="HWC")
+        save_grid(workdir / "samples" / "real.png", real, ncols=8)
+
+    bar = tqdm(
+        total=config.num_train_steps, initial=start_step, unit="step", dynamic_ncols=True,
+        disable=not is_chief,
+    )
+    step = start_step
+    last_time, last_step = time.perf_counter(), step
+    try:
+        while step < config.num_train_steps:
+            state, metrics = train_step(state, jax.random.fold_in(root_key, step))
+            step += 1
+            bar.update(1)
+            if step % config.log_every == 0 or step == config.num_train_steps:
+                metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                now = time.perf_counter()
+                fps = frames * (step - last_step) / (now - last_time)
+                last_time, last_step = now, step
+                metrics["frames_per_second"] = fps
+                bar.set_postfix(
+                    fps=f"{fps:,.0f}", ret=f"{metrics['episode_return']:.3f}",
+                    refresh=False,
+                )
+                if writer is not None:
+                    for k, v in metrics.items():
+                        writer.add_scalar(f"train/{k}", v, step)
+                    writer.add_scalar("train/frames", step * frames, step)
+                if not all(np.isfinite(v) for v in metrics.values()):
+                    raise FloatingPointError(f"non-finite metrics at step {step}: {metrics}")
+            if step % config.sample_every == 0 or step == config.num_train_steps:
+                key = jax.random.fold_in(sample_key, step)
+                grid = _sample_grid(trainer, state, key, fixed_targets)
+                if writer is not None:
+                    writer.add_image("samples", grid, step, dataformats="HWC")
+                    _save_png(workdir / "samples" / f"step_{step:07d}.png", grid)
+            if step % config.checkpoint_every == 0 or step == config.num_train_steps:
+                mngr.save(step, args=ocp.args.StandardSave(state))
+    except KeyboardInterrupt:
+        print(f"\ninterrupted at step {step}: saving a checkpoint")
+        if mngr.latest_step() != step:
+            mngr.save(step, args=ocp.args.StandardSave(state), force=True)
+    finally:
+        bar.close()
+        mngr.wait_until_finished()
+        mngr.close()
+        if writer is not None:
+            writer.close()
+    print(f"done: step {step}, checkpoints in {workdir / 'checkpoints'}")
+
+
+if __name__ == "__main__":
+    app.run(main)
