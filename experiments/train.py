@@ -15,6 +15,7 @@ again resumes from the latest checkpoint. Ctrl-C saves a checkpoint before exiti
 from __future__ import annotations
 
 import pathlib
+import signal
 import sys
 import time
 
@@ -108,6 +109,28 @@ def _sample_grid(trainer, state, key, targets=None) -> np.ndarray:
     return make_grid(pairs, ncols=8)
 
 
+class _GracefulStop:
+    """The first Ctrl-C (SIGINT) or SIGTERM asks the loop to stop after the current
+    step, so that a consistent state is saved (the step donates its input state, so
+    an exception in the middle of it would leave nothing to save). A second Ctrl-C
+    interrupts at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {
+            sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)
+        }
+
+    def _handle(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def restore(self):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
 def _save_png(path: pathlib.Path, grid: np.ndarray) -> None:
     Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(path)
 
@@ -115,6 +138,7 @@ def _save_png(path: pathlib.Path, grid: np.ndarray) -> None:
 def main(argv):
     del argv
     config = _CONFIG.value
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     if _MULTIHOST.value or config.multihost:
         jax.distributed.initialize()
     workdir = pathlib.Path(_WORKDIR.value) if _WORKDIR.value else _default_workdir(config)
@@ -156,6 +180,7 @@ def main(argv):
         writer.add_image("real", make_grid(real, ncols=8), 0, dataformats="HWC")
         save_grid(workdir / "samples" / "real.png", real, ncols=8)
 
+    stop = _GracefulStop()
     bar = tqdm(
         total=config.num_train_steps, initial=start_step, unit="step", dynamic_ncols=True,
         disable=not is_chief,
@@ -163,7 +188,7 @@ def main(argv):
     step = start_step
     last_time, last_step = time.perf_counter(), step
     try:
-        while step < config.num_train_steps:
+        while step < config.num_train_steps and not stop.requested:
             state, metrics = train_step(state, jax.random.fold_in(root_key, step))
             step += 1
             bar.update(1)
@@ -191,11 +216,12 @@ def main(argv):
                     _save_png(workdir / "samples" / f"step_{step:07d}.png", grid)
             if step % config.checkpoint_every == 0 or step == config.num_train_steps:
                 mngr.save(step, args=ocp.args.StandardSave(state))
-    except KeyboardInterrupt:
-        print(f"\ninterrupted at step {step}: saving a checkpoint")
-        if mngr.latest_step() != step:
-            mngr.save(step, args=ocp.args.StandardSave(state), force=True)
+        if stop.requested:
+            print(f"\ninterrupted at step {step}: saving a checkpoint")
+            if mngr.latest_step() != step:
+                mngr.save(step, args=ocp.args.StandardSave(state), force=True)
     finally:
+        stop.restore()
         bar.close()
         mngr.wait_until_finished()
         mngr.close()
