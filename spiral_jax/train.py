@@ -156,6 +156,7 @@ class Trainer:
     mesh: Mesh
     policy_opt: optax.GradientTransformation
     disc_opt: optax.GradientTransformation
+    _samplers: dict = dataclasses.field(default_factory=dict, repr=False)
 
     @property
     def num_devices(self) -> int:
@@ -221,22 +222,18 @@ class Trainer:
 
     def make_train_step(self) -> Callable[[TrainState, Array], tuple[TrainState, dict]]:
         """`train_step(state, key) -> (state, metrics)`, jitted and sharded."""
-        data = self.data
-
-        def local(state: TrainState, images: Array, labels: Array, key: Array):
-            del labels
-            return self._local_step(state, images, key)
+        images = self.data.images
 
         def step(state: TrainState, key: Array) -> tuple[TrainState, dict]:
             specs = self._state_specs(state)
             sharded = jax.shard_map(
-                local,
+                self._local_step,
                 mesh=self.mesh,
-                in_specs=(specs, P(), P(), P()),
+                in_specs=(specs, P(), P()),
                 out_specs=(specs, P()),
                 check_vma=False,
             )
-            return sharded(state, data.images, data.labels, key)
+            return sharded(state, images, key)
 
         return jax.jit(step, donate_argnums=0)
 
@@ -256,7 +253,7 @@ class Trainer:
 
     def sample_data(self, keys: Array) -> Array:
         """Training images, one per key (for pictures and fixed conditional targets)."""
-        return jax.jit(self._sample_data)(self.data.images, keys)
+        return _sample_data_jit(self.data.images, keys)
 
     def _rollout(self, params: Any, keys: Array, targets: Array | None):
         """Whole episodes, one per key; a time-major `Trajectory` [T, b, ...]."""
@@ -280,31 +277,20 @@ class Trainer:
     def _rewards(self, traj, critic, disc_params, targets):
         cfg = self.config.reward
         is_last = traj.next_step_type == LAST
-        loss = self.config.disc.loss
+        # Canvases c_0 (blank) .. c_T (final) of each episode, [T + 1, b, H, W, C].
+        canvases = jnp.concatenate([traj.observation["canvas"][:1], traj.next_canvas])
 
-        def d_reward(canvas):
-            tgt = None
-            if targets is not None:
-                tgt = jnp.broadcast_to(targets, canvas.shape) if canvas.ndim == 4 else None
-            return disc_lib.generator_reward(critic(disc_params, canvas, tgt), loss)
+        def d_reward(images):
+            scores = disc_lib.score_canvases(critic, disc_params, images, targets)
+            return disc_lib.generator_reward(scores, self.config.disc.loss)
 
         if cfg.kind == "terminal_d":
             reward = rewards_lib.terminal_d_reward(d_reward(traj.final_canvas), is_last)
         elif cfg.kind == "per_step_d":
-            t, b = is_last.shape
-            canvases = jnp.concatenate([traj.observation["canvas"][:1], traj.next_canvas])
-            flat = canvases.reshape((-1,) + canvases.shape[2:])
-            if targets is not None:
-                tiled = jnp.broadcast_to(targets, (t + 1,) + targets.shape)
-                scores = critic(disc_params, flat, tiled.reshape(flat.shape))
-            else:
-                scores = critic(disc_params, flat, None)
-            scores = disc_lib.generator_reward(scores, loss).reshape(t + 1, b)
-            reward = rewards_lib.per_step_d_reward(scores)
+            reward = rewards_lib.per_step_d_reward(d_reward(canvases))
         elif cfg.kind == "l2":
             reward = rewards_lib.l2_reward(traj.final_canvas, targets, is_last)
         else:  # l2_per_step
-            canvases = jnp.concatenate([traj.observation["canvas"][:1], traj.next_canvas])
             reward = rewards_lib.l2_per_step_reward(canvases, targets)
         if cfg.stroke_penalty:
             prev_flag = traj.observation["action_mask"]["control"]
@@ -459,8 +445,16 @@ class Trainer:
     # -- sampling for pictures and evaluation ---------------------------------------------
 
     def make_sampler(self, batch_size: int) -> Callable[..., Any]:
-        """`sample(params, key, targets=None) -> trajectory` of whole episodes (1 device)."""
-        return rollout_lib.make_episode_rollout(self.env, self.agent, batch_size)
+        """`sample(params, key, targets=None) -> trajectory` of whole episodes (jitted
+        once per batch size)."""
+        if batch_size not in self._samplers:
+            self._samplers[batch_size] = rollout_lib.make_episode_rollout(
+                self.env, self.agent, batch_size
+            )
+        return self._samplers[batch_size]
+
+
+_sample_data_jit = jax.jit(Trainer._sample_data)
 
 
 def _replay_stratified(replay: replay_lib.Replay, keys: Array, batch: int):

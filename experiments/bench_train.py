@@ -1,0 +1,96 @@
+r"""Training frames per second against the number of (simulated) devices.
+
+    python -m experiments.bench_train
+    python -m experiments.bench_train --configs=mnist5k --devices=1,2,4 --steps=5
+
+Each (config, device count) runs in its own process, because JAX fixes the device
+count when it starts: on a CPU, `--xla_force_host_platform_device_count=N` splits the
+same cores into N simulated devices, so this shows that sharding works and what it
+costs, not a speed-up (that needs real accelerators). A frame is one environment step
+(one agent decision). The first step (compilation) is not timed.
+
+`paper` is SPIRAL's network and 64x64 canvas (the `mnist` config) on the offline
+mnist5k data; `--paper_batch` shrinks its batch so that a CPU finishes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from absl import app, flags
+
+_CONFIGS = flags.DEFINE_list("configs", ["small", "mnist5k", "paper"], "Configs to time.")
+_DEVICES = flags.DEFINE_list("devices", ["1", "2", "4"], "Simulated device counts.")
+_STEPS = flags.DEFINE_integer("steps", 5, "Timed train steps per run.")
+_PAPER_BATCH = flags.DEFINE_integer("paper_batch", 16, "Batch of the paper-sized run (0: 64).")
+
+_CHILD = r"""
+import json, sys, time
+import jax
+from experiments.configs import mnist, mnist5k, small
+from spiral_jax import train
+name, steps, paper_batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+if name == "paper":
+    config = mnist.get_config()
+    config.dataset = "mnist5k"
+    config.max_examples = 1000
+    if paper_batch:
+        config.batch_size = paper_batch
+else:
+    config = {"small": small, "mnist5k": mnist5k}[name].get_config()
+trainer = train.make_trainer(config)
+state = trainer.init(jax.random.PRNGKey(0))
+step = trainer.make_train_step()
+start = time.perf_counter()
+state, metrics = step(state, jax.random.PRNGKey(0))
+jax.block_until_ready(metrics)
+compile_s = time.perf_counter() - start
+start = time.perf_counter()
+for i in range(steps):
+    state, metrics = step(state, jax.random.PRNGKey(i + 1))
+jax.block_until_ready(metrics)
+seconds = time.perf_counter() - start
+print(json.dumps(dict(
+    devices=jax.device_count(), batch=config.batch_size,
+    frames_per_step=trainer.frames_per_step(), compile_s=compile_s,
+    fps=trainer.frames_per_step() * steps / seconds, platform=jax.devices()[0].platform,
+)))
+"""
+
+
+def run_one(name: str, devices: int, steps: int, paper_batch: int) -> dict:
+    env = dict(os.environ)
+    flags_ = env.get("XLA_FLAGS", "")
+    env["XLA_FLAGS"] = f"{flags_} --xla_force_host_platform_device_count={devices}".strip()
+    out = subprocess.run(
+        [sys.executable, "-c", _CHILD, name, str(steps), str(paper_batch)],
+        env=env, capture_output=True, text=True, check=False,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"{name} on {devices} devices failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv):
+    del argv
+    print(f"{os.cpu_count()} CPU cores; {_STEPS.value} timed steps per run")
+    print("| config | devices | batch | frames/step | compile s | frames/s | vs 1 device |")
+    print("|---|---|---|---|---|---|---|")
+    for name in _CONFIGS.value:
+        base = None
+        for devices in (int(d) for d in _DEVICES.value):
+            r = run_one(name, devices, _STEPS.value, _PAPER_BATCH.value)
+            base = base or r["fps"]
+            print(
+                f"| {name} | {r['devices']} ({r['platform']}) | {r['batch']} | "
+                f"{r['frames_per_step']} | {r['compile_s']:.0f} | {r['fps']:,.0f} | "
+                f"{r['fps'] / base:.2f}x |",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    app.run(main)
