@@ -13,6 +13,7 @@ jitter.
 
 from __future__ import annotations
 
+import functools
 import json
 import pathlib
 
@@ -21,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from spiral_jax.envs.libmypaint import ACTION_NAMES, LibMyPaint
+from spiral_jax.envs.libmypaint import ACTION_NAMES, LibMyPaint, play
 from spiral_jax.image_grid import save_grid
 
 _DEFAULT_DIR = pathlib.Path(__file__).resolve().parents[2] / "shared" / "fixtures"
@@ -59,20 +60,10 @@ def render_jax(actions: dict[str, np.ndarray], settings: dict, jitter: bool, see
         use_pressure=settings["use_pressure"],
         brush_jitter=jitter,
     )
-
-    def episode(key, episode_actions):
-        state, ts = env.reset(key)
-
-        def body(s, a):
-            s, ts = env.step(s, a)
-            return s, ts.observation["canvas"]
-
-        _, canvases = jax.lax.scan(body, state, episode_actions)
-        return jnp.concatenate([ts.observation["canvas"][None], canvases])
-
     time_major = {n: jnp.asarray(actions[n].T) for n in env.action_spec()}
     keys = jax.random.split(jax.random.PRNGKey(seed), k)
-    return np.asarray(jax.jit(jax.vmap(episode, in_axes=(0, 1)))(keys, time_major))
+    replay = jax.vmap(functools.partial(play, env), in_axes=(0, 1))
+    return np.asarray(jax.jit(replay)(keys, time_major))
 
 
 def mae(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:

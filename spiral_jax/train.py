@@ -355,13 +355,10 @@ class Trainer:
             critic = critic_for(spectral)
 
             def loss_fn(p):
-                if cfg.loss == "wgan_gp":
-                    return disc_lib.wgan_gp_loss(
-                        critic, p, real, fake, None, fake_target=fake_t if conditional else None,
-                        gp_weight=cfg.gp_weight, eps=eps,
-                    )
-                return disc_lib.gan_loss(
-                    critic, p, real, fake, None, fake_target=fake_t if conditional else None
+                return disc_lib.discriminator_loss(
+                    cfg.loss, critic, p, real, fake, None,
+                    fake_target=fake_t if conditional else None,
+                    gp_weight=cfg.gp_weight, eps=eps,
                 )
 
             (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from spiral_jax.envs import dry_brush
-from spiral_jax.envs.libmypaint import FIRST, LAST, MID, LibMyPaint
+from spiral_jax.envs.libmypaint import FIRST, LAST, MID, LibMyPaint, play
 from spiral_jax.testing import native_libmypaint
 
 FIXTURES = pathlib.Path(__file__).resolve().parents[2] / "shared" / "fixtures"
@@ -30,19 +30,8 @@ def _load_fixture(name: str):
 
 @functools.cache
 def _episode_fn(env: LibMyPaint):
-    """jit(vmap(reset + scan(step))) -> canvases [K, T+1, W, W, C]."""
-
-    def episode(key, actions):
-        state, ts = env.reset(key)
-
-        def body(s, a):
-            s, ts = env.step(s, a)
-            return s, ts.observation["canvas"]
-
-        _, canvases = jax.lax.scan(body, state, actions)
-        return jnp.concatenate([ts.observation["canvas"][None], canvases])
-
-    return jax.jit(jax.vmap(episode, in_axes=(0, 1)))
+    """jit(vmap(play)) -> canvases [K, T+1, W, W, C] from time-major [T, K] actions."""
+    return jax.jit(jax.vmap(functools.partial(play, env), in_axes=(0, 1)))
 
 
 _ENVS: dict[tuple, LibMyPaint] = {}

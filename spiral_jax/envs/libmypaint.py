@@ -330,3 +330,20 @@ class LibMyPaint:
         return jax.tree_util.tree_map(
             lambda r, s: jnp.where(state.step_type == LAST, r, s), after_reset, stepped
         )
+
+
+def play(env: LibMyPaint, key: jax.Array, actions: Mapping[str, jax.Array]) -> jax.Array:
+    """Replays one episode: reset, then the time-major actions (name -> [T]).
+
+    Returns the observed canvases [T + 1, W, W, C], index 0 after the reset. Pure;
+    `jax.vmap` it over episodes (actions `in_axes=1` for [T, K] arrays).
+    """
+    state, ts = env.reset(key)
+
+    def body(s, a):
+        s, ts = env.step(s, a)
+        return s, ts.observation["canvas"]
+
+    _, canvases = jax.lax.scan(body, state, dict(actions))
+    return jnp.concatenate([ts.observation["canvas"][None], canvases])
+
