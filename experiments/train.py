@@ -9,7 +9,11 @@ r"""Trains SPIRAL: `python -m experiments.train --config=NAME --workdir=DIR`.
 small) or a path to a config file; `--config.FIELD=VALUE` overrides any field.
 The run shows a progress bar with frames per second, writes TensorBoard events,
 PNG sample grids and orbax checkpoints to the workdir, and running the same command
-again resumes from the latest checkpoint. Ctrl-C saves a checkpoint before exiting.
+again resumes from the latest checkpoint. Ctrl-C (or SIGTERM) finishes the current
+step, saves a checkpoint and exits. A checkpoint holds the whole `TrainState`: policy
+and D parameters, both optimiser states, the replay and the step; step t's PRNG key is
+`fold_in(PRNGKey(config.seed), t)`, so a resumed run draws the randomness it would have
+drawn uninterrupted.
 """
 
 from __future__ import annotations
