@@ -67,6 +67,7 @@ _GRID = flags.DEFINE_integer("grid_samples", 32, "Paintings in samples.png.")
 _SEED = flags.DEFINE_integer("seed", 0, "PRNG seed for painting and the random policy.")
 
 _BLUR_SIGMAS_28 = (1.0, 1.5)  # DESIGN.md's blurred-target points, in 28x28-digit pixels
+_MAX_REFERENCE_TRAIN = 5000  # training images for the references (all of mnist5k's 4,000)
 
 
 # ------------------------------------------------------------------------------------
@@ -301,15 +302,20 @@ def evaluate(workdir: pathlib.Path, step: int | None = None, *, out_dir: pathlib
             "heldout_accuracy": classifier.meta.get("heldout_accuracy"),
         }
 
-    if config.conditional:
+    if config.conditional or classifier is not None:
         train = data_lib.load(config.dataset, "train", image_size=size, channels=channels,
-                              data_dir=config.data_dir or None)
+                              data_dir=config.data_dir or None,
+                              max_examples=_MAX_REFERENCE_TRAIN)
+        result["reference_train_images"] = int(len(train.images))
+    if config.conditional:
         train_x = train.as_float()
         references = {
             "mean_train_image": metrics_lib.mean_image(train_x, n),
             "nearest_train_image": metrics_lib.nearest_neighbours(train_x, real),
         }
-        if labels is not None:
+        # Class means need every held-out class among the training classes (not so for
+        # Omniglot, whose held-out alphabets are new).
+        if labels is not None and set(labels.tolist()) <= set(train.labels.tolist()):
             references["class_mean_train_image"] = metrics_lib.class_mean_images(
                 train_x, train.labels, labels
             )
@@ -322,11 +328,11 @@ def evaluate(workdir: pathlib.Path, step: int | None = None, *, out_dir: pathlib
         result["baselines"] = {k: rows.pop(k) for k in ("blank_canvas", "random_policy")}
         result["references"] = rows
     elif classifier is not None:
-        train = data_lib.load(config.dataset, "train", image_size=size, channels=channels,
-                              data_dir=config.data_dir or None)
-        pick = np.asarray(jax.random.choice(k_train, len(train.images), (min(n, len(
-            train.images)),), replace=False))
-        references = {"real_train_images": train.as_float()[np.sort(pick)]}
+        # As many training digits as samples: the distance that N real digits reach.
+        count = min(n, len(train.images))
+        pick = np.sort(np.asarray(
+            jax.random.choice(k_train, len(train.images), (count,), replace=False)))
+        references = {"real_train_images": train.as_float()[pick]}
         rows = unconditional_metrics({**painters, **references}, real, classifier)
         result["agent"] = rows.pop("agent")
         result["baselines"] = {k: rows.pop(k) for k in ("blank_canvas", "random_policy")}

@@ -1,0 +1,150 @@
+"""experiments.evaluate end to end: a tiny trained run (command line) and a conditional
+checkpoint written in-process, evaluated into pictures, a GIF and metrics."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from PIL import Image
+
+from experiments import evaluate as ev
+from experiments.configs import small
+from spiral_jax import train as train_lib
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+EPISODE_LENGTH = small.get_config().env.episode_length  # T + 1 canvases per episode
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO)
+    return env
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *args], env=_env(), capture_output=True,
+                          text=True, cwd=REPO, timeout=600)
+
+
+def _finite_numbers(tree) -> list[float]:
+    if isinstance(tree, dict):
+        return [x for v in tree.values() for x in _finite_numbers(v)]
+    if isinstance(tree, list):
+        return [x for v in tree for x in _finite_numbers(v)]
+    return [tree] if isinstance(tree, float) else []
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> pathlib.Path:
+    """Two train steps of the `small` config through the real command line."""
+    workdir = tmp_path_factory.mktemp("run")
+    out = _run("experiments.train", "--config=small", f"--workdir={workdir}",
+               "--config.num_train_steps=2", "--config.checkpoint_every=2",
+               "--config.sample_every=100", "--config.max_examples=256")
+    assert out.returncode == 0, out.stderr[-4000:]
+    return workdir
+
+
+def test_command_line_evaluates_an_unconditional_run(trained_run):
+    out = _run("experiments.evaluate", f"--workdir={trained_run}", "--num_episodes=12",
+               "--batch_size=8", "--gif_episodes=3", "--grid_samples=6")
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert "Fréchet" in out.stdout and "baseline: random_policy" in out.stdout
+    eval_dir = trained_run / "eval"
+    metrics = json.loads((eval_dir / "metrics.json").read_text())
+    assert metrics["step"] == 2 and not metrics["conditional"]
+    assert metrics["num_episodes"] == 12 and metrics["num_real"] == 12
+    assert set(metrics["baselines"]) == {"blank_canvas", "random_policy"}
+    assert set(metrics["references"]) == {"real_train_images"}
+    numbers = _finite_numbers(metrics)
+    assert numbers and all(math.isfinite(x) for x in numbers)
+    for row in [metrics["agent"], *metrics["baselines"].values()]:
+        assert row["frechet_distance"] >= 0 and 0 <= row["confident_fraction"] <= 1
+        assert 0 <= row["class_entropy"] <= math.log(10) + 1e-9
+    assert metrics["baselines"]["blank_canvas"]["ink"] == 0.0
+    # Real training digits are far closer to held-out digits than a blank canvas is.
+    real_fd = metrics["references"]["real_train_images"]["frechet_distance"]
+    assert real_fd < metrics["baselines"]["blank_canvas"]["frechet_distance"]
+
+    gif = Image.open(eval_dir / "painting.gif")
+    assert gif.n_frames == EPISODE_LENGTH  # c_0 (blank) .. c_T
+    assert gif.info["loop"] == 0
+    samples = Image.open(eval_dir / "samples.png")
+    assert samples.size == (8 * 18 + 2, 18 + 2)  # 6 paintings of 16 px in a row of 8
+
+
+def _conditional_run(workdir: pathlib.Path, step: int):
+    """A conditional `small` run's config.json and a checkpoint at `step`, written as
+    experiments.train writes them (no training: evaluate only needs the files)."""
+    config = small.get_config()
+    config.conditional = True
+    config.reward.kind = "l2"
+    config.max_examples = 64
+    trainer = train_lib.make_trainer(config)
+    state = trainer.init(jax.random.PRNGKey(1)).replace(step=np.int32(step))
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+    mngr = ocp.CheckpointManager((workdir / "checkpoints").resolve(),
+                                 options=ocp.CheckpointManagerOptions(create=True))
+    mngr.save(step, args=ocp.args.StandardSave(state))
+    mngr.wait_until_finished()
+    mngr.close()
+    return trainer, state
+
+
+def test_evaluate_conditional_run_with_baselines_and_references(tmp_path):
+    workdir = tmp_path / "cond"
+    trainer, saved = _conditional_run(workdir, step=7)
+    # The restored state is the saved one (not a fresh initialisation).
+    restored, step = ev.restore_state(trainer, workdir, None)
+    assert step == 7
+    for a, b in zip(jax.tree.leaves(saved.policy_params),
+                    jax.tree.leaves(restored.policy_params), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+    out_dir = tmp_path / "out"
+    workdir_, step_ = ev.resolve_run(None, str(workdir / "checkpoints" / "7"))
+    assert (workdir_, step_) == (workdir.resolve(), 7)
+    metrics = ev.evaluate(workdir_, step_, out_dir=out_dir, num_episodes=10, batch_size=4,
+                          gif_episodes=2, grid_samples=4)
+    assert metrics["conditional"] and metrics["step"] == 7 and metrics["num_episodes"] == 10
+    assert metrics["baselines"]["blank_canvas"]["relative_mse"] == pytest.approx(1.0)
+    assert set(metrics["references"]) == {
+        "mean_train_image", "class_mean_train_image", "nearest_train_image",
+        "target_blurred_1.0px_at_28", "target_blurred_1.5px_at_28",
+    }
+    for name, row in [("agent", metrics["agent"]), *metrics["baselines"].items(),
+                      *metrics["references"].items()]:
+        assert math.isfinite(row["relative_mse"]) and row["relative_mse"] >= 0, name
+        assert 0 <= row["recognised_as_target"] <= 1, name
+    # Retrieval beats the class mean, which beats the overall mean (as in DESIGN.md).
+    ref = {k: v["relative_mse"] for k, v in metrics["references"].items()}
+    assert ref["nearest_train_image"] < ref["class_mean_train_image"] < ref["mean_train_image"]
+    assert json.loads((out_dir / "metrics.json").read_text()) == json.loads(json.dumps(metrics))
+    gif = Image.open(out_dir / "painting.gif")
+    assert gif.n_frames == EPISODE_LENGTH
+    # Targets above paintings: two rows of two 16 px canvases, enlarged 6x, plus the bar.
+    assert gif.size == ((2 * 18 + 2) * 6, (2 * 18 + 2) * 6 + 6)
+    samples = Image.open(out_dir / "samples.png")
+    assert samples.size == (8 * 18 + 2, 18 + 2)  # 4 (target, painting) pairs in a row
+    assert "MSE / blank" in ev.format_table(metrics)
+
+
+def test_bad_arguments_are_rejected(tmp_path):
+    with pytest.raises(ValueError, match="exactly one of"):
+        ev.resolve_run(None, None)
+    with pytest.raises(ValueError, match="no config.json"):
+        ev.resolve_run(str(tmp_path), None)
+    with pytest.raises(ValueError, match="checkpoints/<step>"):
+        ev.resolve_run(None, str(tmp_path))
+    with pytest.raises(ValueError, match="num_episodes=0"):
+        ev.evaluate(tmp_path, num_episodes=0)
