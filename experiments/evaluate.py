@@ -11,6 +11,7 @@ Loads `<workdir>/config.json` and the latest (or the given) checkpoint, paints
 * `painting.gif`: several episodes painted stroke by stroke, one frame per step
   (T + 1 frames: the blank canvas, then one per action; the bar at the bottom shows
   the step); for a conditional run the targets are shown above;
+* `random_policy.png`: final canvases of the random-policy baseline, for comparison;
 * `metrics.json`: the numbers printed as a table.
 
 Metrics (see `spiral_jax.metrics`), all on the dataset's held-out split:
@@ -273,6 +274,8 @@ def evaluate(workdir: pathlib.Path, step: int | None = None, *, out_dir: pathlib
     real = heldout.as_float()[:n]
     labels = heldout.labels[:n] if heldout.num_classes else None
     is_digits = config.dataset in DIGIT_DATASETS
+    if is_digits and not config.conditional and n < 2:
+        raise ValueError(f"num_episodes={n}: a Fréchet distance needs at least 2 episodes")
     classifier = digit_classifier.load_default() if is_digits else None
 
     key = jax.random.PRNGKey(seed)
