@@ -7,6 +7,7 @@ setup(
     version="0.1.0",
     description="SPIRAL (Ganin et al. 2018) in JAX: painting agents trained adversarially",
     packages=find_packages(include=["spiral_jax", "spiral_jax.*", "experiments", "experiments.*"]),
+    package_data={"spiral_jax": ["assets/*.npz"]},  # the evaluation's digit classifier
     python_requires=">=3.10",
     install_requires=[
         "jax>=0.10",
