@@ -123,7 +123,7 @@ def frechet_distance(features1: Any, features2: Any) -> float:
 
 def _entropy(p: np.ndarray) -> float:
     nz = p[p > 0]
-    return float(-np.sum(nz * np.log(nz)))
+    return float(np.sum(nz * np.log(1.0 / nz)))  # not -sum(...), which gives -0.0
 
 
 def classifier_score(probabilities: Any, threshold: float = 0.9) -> dict[str, Any]:
