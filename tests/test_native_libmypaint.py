@@ -12,7 +12,7 @@ import os
 import numpy as np
 import pytest
 
-from experiments import make_libmypaint_episodes as make_episodes
+from spiral_jax.testing import episodes as make_episodes
 from spiral_jax.testing import native_libmypaint as native
 
 FIXTURES = os.path.join(
