@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from absl import app, flags
 
-from spiral_jax.envs.libmypaint import LibMyPaint
+from spiral_jax.envs.libmypaint import LibMyPaint, play
 from spiral_jax.image_grid import save_grid
 
 _OUT = flags.DEFINE_string("out", "random_paintings.png", "Where to write the grid.")
@@ -32,7 +32,6 @@ def random_episodes(env: LibMyPaint, key: jax.Array, episodes: int) -> jax.Array
 
     def episode(key):
         reset_key, action_key = jax.random.split(key)
-        state, _ = env.reset(reset_key)
         steps = env.episode_length - 1
         keys = jax.random.split(action_key, len(env.action_spec()))
         actions = {
@@ -41,12 +40,7 @@ def random_episodes(env: LibMyPaint, key: jax.Array, episodes: int) -> jax.Array
         }
         actions["flag"] = jax.random.bernoulli(keys[2], 0.7, (steps,)).astype(jnp.int32)
 
-        def body(s, a):
-            s, ts = env.step(s, a)
-            return s, None
-
-        state, _ = jax.lax.scan(body, state, actions)
-        return jnp.round(state.canvas * 255) / 255
+        return play(env, reset_key, actions)[-1]
 
     return jax.jit(jax.vmap(episode))(jax.random.split(key, episodes))
 

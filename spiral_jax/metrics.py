@@ -28,6 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from spiral_jax.envs.libmypaint import play
+
 Array = np.ndarray
 
 
@@ -276,14 +278,7 @@ def make_random_policy(env: Any, num_episodes: int) -> Any:
 
     def episode(k):
         k_reset, k_act = jax.random.split(k)
-        state, _ = env.reset(k_reset)
-
-        def body(s, a):
-            s, ts = env.step(s, a)
-            return s, ts.observation["canvas"]
-
-        _, canvases = jax.lax.scan(body, state, random_actions(spec, k_act, steps))
-        return canvases[-1]
+        return play(env, k_reset, random_actions(spec, k_act, steps))[-1]
 
     batched = jax.vmap(episode)
     return jax.jit(lambda key: batched(jax.random.split(key, num_episodes)))
