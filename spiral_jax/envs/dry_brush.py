@@ -43,8 +43,12 @@ Where it approximates, and why:
   number of real dabs is always exact. Brushes of 8 pixels and more are usually
   rendered dab for dab at the default budget; for small brushes the virtual dabs sit
   closer than a radius apart, so the stroke stays smooth. With jitter, a virtual dab
-  carries one random offset for its `w` real dabs, so small jittered brushes look
-  slightly blotchier than libmypaint's.
+  takes the mean offset of its `w` real dabs and stands for their scatter around it
+  with a footprint of the same second moment (radius^2 + scatter variance / 0.117),
+  fainter by the ratio of areas. Small jittered brushes therefore draw a smooth haze
+  where libmypaint sprays distinct dots; raising `dab_budget` brings the dots back.
+  (This cut the held-out jittered MAE from 0.107 to 0.094; libmypaint's own floor is
+  0.095.)
 * **Per-segment dynamics.** libmypaint updates the radius after each dab; here the
   radius is updated once per `stroke_to` segment (at its start), which changes dab
   spacing by well under 1 %.
