@@ -7,8 +7,9 @@ r"""Trains SPIRAL: `python -m experiments.train --config=NAME --workdir=DIR`.
 
 `--config` takes a name from `experiments/configs/` (mnist5k, mnist, omniglot, celeba,
 small) or a path to a config file; `--config.FIELD=VALUE` overrides any field.
-The run shows a progress bar with frames per second, writes TensorBoard events,
-PNG sample grids and orbax checkpoints to the workdir, and running the same command
+The run shows a progress bar with frames per second, writes TensorBoard events, the
+same scalars as JSON lines (`metrics.jsonl`, for plots without TensorBoard), PNG
+sample grids and orbax checkpoints to the workdir, and running the same command
 again resumes from the latest checkpoint. Ctrl-C (or SIGTERM) finishes the current
 step, saves a checkpoint and exits. A checkpoint holds the whole `TrainState`: policy
 and D parameters, both optimiser states, the replay and the step; step t's PRNG key is
@@ -18,6 +19,7 @@ drawn uninterrupted.
 
 from __future__ import annotations
 
+import json
 import pathlib
 import signal
 import sys
@@ -82,6 +84,11 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Where to write logs, samples, c
 _MULTIHOST = flags.DEFINE_bool(
     "multihost", False, "Call jax.distributed.initialize() (TPU pods, multi-node GPU)."
 )
+_MAX_MINUTES = flags.DEFINE_float(
+    "max_minutes", 0.0,
+    "Stop (and save) once this many minutes of training have passed in this "
+    "invocation, compilation included; 0 = no limit. For time-boxed CPU results.",
+)
 _NUM_SAMPLES = 16
 
 
@@ -135,6 +142,21 @@ class _GracefulStop:
             signal.signal(sig, handler)
 
 
+def _minutes_trained(metrics_path: pathlib.Path, step: int) -> float:
+    """Training minutes logged up to `step` by earlier invocations (0 for a new run),
+    so that a resumed run's `minutes` continue where the checkpoint left off."""
+    minutes = 0.0
+    if step > 0 and metrics_path.is_file():
+        for line in metrics_path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # a line cut short by a kill
+                continue
+            if record.get("step", step + 1) <= step:
+                minutes = max(minutes, float(record.get("minutes", 0.0)))
+    return minutes
+
+
 def _save_png(path: pathlib.Path, grid: np.ndarray) -> None:
     Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(path)
 
@@ -184,7 +206,12 @@ def main(argv):
         writer.add_image("real", make_grid(real, ncols=8), 0, dataformats="HWC")
         save_grid(workdir / "samples" / "real.png", real, ncols=8)
 
+    metrics_path = workdir / "metrics.jsonl"
+    minutes_before = _minutes_trained(metrics_path, start_step)
+    metrics_file = open(metrics_path, "a") if is_chief else None  # noqa: SIM115
     stop = _GracefulStop()
+    t_start = time.perf_counter()
+    deadline = t_start + 60.0 * _MAX_MINUTES.value if _MAX_MINUTES.value > 0 else None
     bar = tqdm(
         total=config.num_train_steps, initial=start_step, unit="step", dynamic_ncols=True,
         disable=not is_chief,
@@ -193,6 +220,9 @@ def main(argv):
     last_time, last_step = time.perf_counter(), step
     try:
         while step < config.num_train_steps and not stop.requested:
+            if deadline is not None and time.perf_counter() >= deadline:
+                print(f"\n--max_minutes={_MAX_MINUTES.value:g} reached at step {step}")
+                break
             state, metrics = train_step(state, jax.random.fold_in(root_key, step))
             step += 1
             bar.update(1)
@@ -210,6 +240,11 @@ def main(argv):
                     for k, v in metrics.items():
                         writer.add_scalar(f"train/{k}", v, step)
                     writer.add_scalar("train/frames", step * frames, step)
+                if metrics_file is not None:
+                    record = {"step": step, "frames": step * frames,
+                              "minutes": minutes_before + (now - t_start) / 60.0, **metrics}
+                    metrics_file.write(json.dumps(record) + "\n")
+                    metrics_file.flush()
                 if not all(np.isfinite(v) for v in metrics.values()):
                     raise FloatingPointError(f"non-finite metrics at step {step}: {metrics}")
             if step % config.sample_every == 0 or step == config.num_train_steps:
@@ -220,8 +255,9 @@ def main(argv):
                     _save_png(workdir / "samples" / f"step_{step:07d}.png", grid)
             if step % config.checkpoint_every == 0 or step == config.num_train_steps:
                 mngr.save(step, args=ocp.args.StandardSave(state))
-        if stop.requested:
-            print(f"\ninterrupted at step {step}: saving a checkpoint")
+        if stop.requested or deadline is not None:
+            if stop.requested:
+                print(f"\ninterrupted at step {step}: saving a checkpoint")
             if mngr.latest_step() != step:
                 mngr.save(step, args=ocp.args.StandardSave(state), force=True)
     finally:
@@ -231,6 +267,8 @@ def main(argv):
         mngr.close()
         if writer is not None:
             writer.close()
+        if metrics_file is not None:
+            metrics_file.close()
     print(f"done: step {step}, checkpoints in {workdir / 'checkpoints'}")
 
 

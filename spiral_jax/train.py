@@ -123,6 +123,9 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
     for name in ("passes", "max_grad_norm", "learning_rate"):
         if not config.learner[name] > 0:
             raise ValueError(f"learner.{name}={config.learner[name]!r} must be > 0")
+    rewards_lib.check_pools(tuple(config.reward.l2_pools), config.env.canvas_width)
+    if not config.reward.scale > 0:
+        raise ValueError(f"reward.scale={config.reward.scale!r} must be > 0")
     if not 0.0 <= config.reward.discount <= 1.0:
         raise ValueError(f"reward.discount={config.reward.discount!r} must be in [0, 1]")
     if config.disc.updates_per_step < 0 or config.disc.replay_batches < 1:
@@ -157,6 +160,11 @@ class Trainer:
     policy_opt: optax.GradientTransformation
     disc_opt: optax.GradientTransformation
     _samplers: dict = dataclasses.field(default_factory=dict, repr=False)
+
+    @property
+    def _max_entropy(self) -> dict[str, float]:
+        """log(number of choices) of each action part: its largest possible entropy."""
+        return {k: float(np.log(max(n, 2))) for k, n in self.env.action_spec().items()}
 
     @property
     def num_devices(self) -> int:
@@ -289,9 +297,14 @@ class Trainer:
         elif cfg.kind == "per_step_d":
             reward = rewards_lib.per_step_d_reward(d_reward(canvases))
         elif cfg.kind == "l2":
-            reward = rewards_lib.l2_reward(traj.final_canvas, targets, is_last)
+            reward = rewards_lib.l2_reward(
+                traj.final_canvas, targets, is_last, tuple(cfg.l2_pools)
+            )
         else:  # l2_per_step
-            reward = rewards_lib.l2_per_step_reward(canvases, targets)
+            reward = rewards_lib.l2_per_step_reward(
+                canvases, targets, pools=tuple(cfg.l2_pools)
+            )
+        reward = cfg.scale * reward
         if cfg.stroke_penalty:
             prev_flag = traj.observation["action_mask"]["control"]
             reward = reward + rewards_lib.stroke_penalty(
@@ -312,7 +325,12 @@ class Trainer:
         )
         target_log_prob = out.log_prob.astype(jnp.float32)
         baseline = out.baseline.astype(jnp.float32)
-        entropy = out.entropy.astype(jnp.float32)
+        if cfg.normalize_entropy:
+            entropy = sum(
+                h.astype(jnp.float32) / self._max_entropy[k] for k, h in out.entropies.items()
+            )
+        else:
+            entropy = out.entropy.astype(jnp.float32)
         log_rhos = jax.lax.stop_gradient(target_log_prob) - traj.behaviour_log_prob
         vt = vtrace.from_importance_weights(
             log_rhos=log_rhos,

@@ -103,6 +103,57 @@ def test_l2_rewards_match_numpy_and_telescope():
     assert float(jnp.max(jnp.abs(perfect))) == 0.0
 
 
+def _pooled_mse_numpy(a: np.ndarray, b: np.ndarray, f: int) -> np.ndarray:
+    """Mean squared difference of f x f block means, by explicit loops (float64)."""
+    lead, (h, w, c) = a.shape[:-3], a.shape[-3:]
+    a2, b2 = a.reshape((-1, h, w, c)), b.reshape((-1, h, w, c))
+    out = np.zeros(len(a2))
+    for n in range(len(a2)):
+        acc = 0.0
+        for i in range(0, h, f):
+            for j in range(0, w, f):
+                for k in range(c):
+                    d = a2[n, i:i + f, j:j + f, k].mean() - b2[n, i:i + f, j:j + f, k].mean()
+                    acc += d * d
+        out[n] = acc / ((h // f) * (w // f) * c)
+    return out.reshape(lead)
+
+
+@pytest.mark.parametrize("pools", [(1,), (2,), (1, 2, 4), (4, 8)])
+def test_pooled_l2_matches_numpy_block_means(pools):
+    canvases = rng.uniform(size=(T + 1, B, 8, 8, 2))
+    target = rng.uniform(size=(B, 8, 8, 2))
+    want = np.mean([_pooled_mse_numpy(canvases, np.broadcast_to(target, canvases.shape), f)
+                    for f in pools], axis=0)  # [T + 1, B]
+    c32, t32 = jnp.asarray(canvases, jnp.float32), jnp.asarray(target, jnp.float32)
+    np.testing.assert_allclose(np.asarray(RW.l2_score(c32, t32[None], pools)), -want,
+                               rtol=1e-5, atol=1e-7)
+    per = np.asarray(RW.l2_per_step_reward(c32, t32, pools=pools))
+    np.testing.assert_allclose(per, want[:-1] - want[1:], rtol=1e-4, atol=1e-6)
+    final = np.asarray(RW.l2_reward(c32[-1], t32, jnp.asarray(_whole_episode_is_last()), pools))
+    np.testing.assert_allclose(final[-1], -want[-1], rtol=1e-5, atol=1e-7)
+    assert np.all(final[:-1] == 0)
+
+
+def test_pooling_credits_a_stroke_next_to_the_ink():
+    # Target: one inked column; the stroke lands one pixel beside it. At full resolution
+    # that only adds error; pooled over 4x4 blocks it gets closer to the target.
+    target = np.ones((1, 8, 8, 1))
+    target[0, :, 2] = 0.0
+    canvas = np.ones((2, 1, 8, 8, 1))
+    canvas[1, 0, :, 1] = 0.0
+    c, t = jnp.asarray(canvas, jnp.float32), jnp.asarray(target, jnp.float32)
+    assert float(RW.l2_per_step_reward(c, t, pools=(1,))[0, 0]) < 0
+    assert float(RW.l2_per_step_reward(c, t, pools=(4,))[0, 0]) > 0
+
+
+@pytest.mark.parametrize("pools, message", [((), "at least one"), ((0,), "positive"),
+                                            ((3,), "does not divide"), ((1.5,), "positive")])
+def test_bad_pools_are_rejected(pools, message):
+    with pytest.raises(ValueError, match=message):
+        RW.check_pools(pools, 8)
+
+
 def test_stroke_penalty_every_paint_step_and_new_strokes_only():
     flag = np.array([[1, 0, 1], [1, 1, 0], [0, 1, 1], [1, 1, 1]], np.int32)
     valid = np.array([[1, 1, 1], [1, 1, 1], [1, 0, 1], [1, 1, 1]], np.float32)

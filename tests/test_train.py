@@ -49,6 +49,9 @@ def _finite(tree) -> bool:
         # Conditional: the paper's L2 baseline reward, D still trained on pairs.
         dict(loss="wgan_gp", reward="l2", conditional=True, passes=2),
         dict(loss="gan", reward="l2_per_step", conditional=True, dtype="bfloat16"),
+        # The CPU recipe: pooled per-step L2, scaled, normalised entropy.
+        dict(loss="wgan_gp", reward="l2_per_step", conditional=True, pools=(1, 2, 4),
+             scale=5.0, norm_entropy=True),
     ],
     ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()),
 )
@@ -62,6 +65,9 @@ def test_every_loss_and_reward_trains_without_nans(dataset, overrides):
     config.conditional = overrides.get("conditional", False)
     config.learner.passes = overrides.get("passes", 1)
     config.compute_dtype = overrides.get("dtype", "float32")
+    config.reward.l2_pools = overrides.get("pools", (1,))
+    config.reward.scale = overrides.get("scale", 1.0)
+    config.learner.normalize_entropy = overrides.get("norm_entropy", False)
     before = train.make_trainer(config, dataset=dataset).init(jax.random.PRNGKey(0))
     state, history = _run_steps(config, dataset, 3)
     assert int(state.step) == 3
@@ -98,6 +104,39 @@ def test_bad_configs_fail_before_compiling(dataset):
     config.env.grid_width = 32
     with pytest.raises(ValueError, match="grid_width"):
         train.make_trainer(config, dataset=dataset)
+    config = small.get_config()
+    config.reward.l2_pools = (3,)
+    with pytest.raises(ValueError, match="does not divide"):
+        train.make_trainer(config, dataset=dataset)
+    config = small.get_config()
+    config.reward.scale = 0.0
+    with pytest.raises(ValueError, match="reward.scale"):
+        train.make_trainer(config, dataset=dataset)
+
+
+def test_normalized_entropy_weighs_each_part_by_its_largest_entropy(dataset):
+    config = small.get_config()
+    trainer = train.make_trainer(config, dataset=dataset)
+    spec = trainer.env.action_spec()
+    assert trainer._max_entropy["flag"] == pytest.approx(np.log(2))
+    assert trainer._max_entropy["end"] == pytest.approx(np.log(spec["end"]))
+    # Uniform logits: each part's entropy is its maximum, so the normalised entropy of
+    # a paint step (all parts count) is the number of parts.
+    state = trainer.init(jax.random.PRNGKey(0))
+    zero = jax.tree.map(np.zeros_like, state.policy_params)
+    t, b = trainer.steps_per_episode, 2
+    traj = trainer._rollout(zero, jax.random.split(jax.random.PRNGKey(1), b), None)
+    rewards = np.zeros((t, b), np.float32)
+    for normalize, want in ((True, None), (False, None)):
+        config.learner.normalize_entropy = normalize
+        _, m = trainer._policy_loss(zero, traj, rewards)
+        paint = np.asarray(traj.action["flag"]) == 1
+        if normalize:
+            want = np.mean(np.where(paint, len(spec), 2))
+        else:
+            full = sum(np.log(n) for n in spec.values())
+            want = np.mean(np.where(paint, full, np.log(2) + np.log(spec["end"])))
+        assert float(m["entropy"]) == pytest.approx(want, rel=1e-5)
 
 
 _TWO_DEVICES = textwrap.dedent(

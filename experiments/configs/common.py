@@ -49,6 +49,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.reward = ml_collections.ConfigDict()
     c.reward.kind = "terminal_d"  # terminal_d (SPIRAL) | per_step_d (SPIRAL++) | l2 | l2_per_step
     c.reward.discount = 1.0  # SPIRAL: 1; SPIRAL++ per-step rewards: 0.9-0.99
+    c.reward.l2_pools = (1,)  # L2 rewards: average over these pooling factors
+    c.reward.scale = 1.0  # multiplies the reward (L2 distances are ~0.1; see mnist5k)
     c.reward.stroke_penalty = 0.0  # per paint step (SPIRAL's MNIST runs)
     c.reward.empty_penalty = 0.0  # for an empty final canvas
 
@@ -58,6 +60,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.learner.b2 = 0.999
     c.learner.eps = 1e-8
     c.learner.entropy_cost = 0.01
+    # Divide each action part's entropy by its largest value, log(choices), so that a
+    # 2-way flag and a 256-way location weigh the same in the entropy bonus.
+    c.learner.normalize_entropy = False
     c.learner.baseline_cost = 0.5
     c.learner.max_grad_norm = 40.0
     c.learner.passes = 1  # policy updates per rollout (V-trace corrects the lag)
