@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import subprocess
@@ -226,6 +227,16 @@ def test_command_line_trains_writes_outputs_and_resumes(tmp_path):
     assert second.returncode == 0, second.stderr[-4000:]
     assert "resumed from step 4" in second.stdout
     assert "6" in [p.name for p in (tmp_path / "checkpoints").iterdir()]
+    # Every logged step is in metrics.jsonl; a resumed run's minutes carry on.
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
+    minutes = [r["minutes"] for r in records]
+    assert np.all(np.diff(minutes) >= 0) and minutes[0] > 0
+    assert {"episode_return", "frames", "frames_per_second", "d_loss"} <= set(records[-1])
+    # A time limit stops the run early and saves where it stopped.
+    third = _train_cli(tmp_path, "--config.num_train_steps=100", "--max_minutes=1e-6")
+    assert third.returncode == 0, third.stderr[-4000:]
+    assert "--max_minutes=1e-06 reached at step 6" in third.stdout
 
 
 @pytest.mark.parametrize(

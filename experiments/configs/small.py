@@ -21,6 +21,7 @@ def get_config():
     c.disc.widths = (8, 16)
     c.disc.replay_batches = 4
     c.batch_size = 8
+    c.learner.passes = 1
     c.max_examples = 512
     c.num_train_steps = 50
     c.log_every = 1
