@@ -8,13 +8,16 @@ Loads `<workdir>/config.json` and the latest (or the given) checkpoint, paints
 `--num_episodes` episodes and writes to `<workdir>/eval/` (or `--out`):
 
 * `samples.png`: final canvases; for a conditional run, pairs (target, painting);
+* `samples_greedy.png`: the same with the agent's most likely actions instead of
+  sampled ones (each action part the argmax given the parts before it);
 * `painting.gif`: several episodes painted stroke by stroke, one frame per step
   (T + 1 frames: the blank canvas, then one per action; the bar at the bottom shows
   the step); for a conditional run the targets are shown above;
 * `random_policy.png`: final canvases of the random-policy baseline, for comparison;
 * `metrics.json`: the numbers printed as a table.
 
-Metrics (see `spiral_jax.metrics`), all on the dataset's held-out split:
+Metrics (see `spiral_jax.metrics`), all on the dataset's held-out split, for the agent
+as trained (sampling its actions) and greedy:
 
 * conditional: mean squared error to the target, as a fraction of a blank canvas's
   (`relative_mse`), for the agent and, measured in the same run, a blank canvas, a
@@ -128,12 +131,12 @@ def restore_state(trainer: train_lib.Trainer, workdir: pathlib.Path, step: int |
 
 
 def paint(trainer, params, key, num_episodes: int, batch: int, targets=None,
-          keep_trajectory: int = 0):
+          keep_trajectory: int = 0, greedy: bool = False):
     """Final canvases [N, H, W, C] of N agent episodes (in batches of `batch`), the
     number of paint steps of each, and the canvases [T + 1, k, H, W, C] of the first
-    `keep_trajectory` episodes (c_0 .. c_T)."""
+    `keep_trajectory` episodes (c_0 .. c_T). `greedy`: most likely actions."""
     batch = min(batch, num_episodes)
-    sampler = trainer.make_sampler(batch)
+    sampler = trainer.make_sampler(batch, greedy)
     finals, strokes, frames = [], [], None
     for i, start in enumerate(range(0, num_episodes, batch)):
         stop = min(start + batch, num_episodes)
@@ -283,9 +286,12 @@ def evaluate(workdir: pathlib.Path, step: int | None = None, *, out_dir: pathlib
     targets = real if config.conditional else None
     agent, strokes, frames = paint(trainer, state.policy_params, k_agent, n, batch_size,
                                    targets, keep_trajectory=gif_episodes)
+    greedy, greedy_strokes, _ = paint(trainer, state.policy_params, k_agent, n, batch_size,
+                                      targets, greedy=True)
     blank = np.ones_like(agent)
     random_policy = paint_random(env, k_random, n, batch_size)
-    painters = {"agent": agent, "blank_canvas": blank, "random_policy": random_policy}
+    painters = {"agent": agent, "agent_greedy": greedy, "blank_canvas": blank,
+                "random_policy": random_policy}
 
     result: dict[str, Any] = {
         "workdir": str(workdir),
@@ -298,6 +304,7 @@ def evaluate(workdir: pathlib.Path, step: int | None = None, *, out_dir: pathlib
         "num_episodes": n,
         "seed": seed,
         "agent_paint_steps": float(np.mean(strokes)),
+        "agent_greedy_paint_steps": float(np.mean(greedy_strokes)),
     }
     if classifier is not None:
         result["classifier"] = {
@@ -328,6 +335,7 @@ def evaluate(workdir: pathlib.Path, step: int | None = None, *, out_dir: pathlib
             )
         rows = conditional_metrics({**painters, **references}, real, labels, classifier)
         result["agent"] = rows.pop("agent")
+        result["agent_greedy"] = rows.pop("agent_greedy")
         result["baselines"] = {k: rows.pop(k) for k in ("blank_canvas", "random_policy")}
         result["references"] = rows
     elif classifier is not None:
@@ -338,18 +346,25 @@ def evaluate(workdir: pathlib.Path, step: int | None = None, *, out_dir: pathlib
         references = {"real_train_images": train.as_float()[pick]}
         rows = unconditional_metrics({**painters, **references}, real, classifier)
         result["agent"] = rows.pop("agent")
+        result["agent_greedy"] = rows.pop("agent_greedy")
         result["baselines"] = {k: rows.pop(k) for k in ("blank_canvas", "random_policy")}
         result["references"] = rows
         result["num_real"] = int(len(real))
     else:
         logging.warning("no classifier for dataset %s: only ink is reported", config.dataset)
         result["agent"] = {"ink": _ink(agent)}
-        result["baselines"] = {k: {"ink": _ink(v)} for k, v in painters.items() if k != "agent"}
+        result["agent_greedy"] = {"ink": _ink(greedy)}
+        result["baselines"] = {
+            k: {"ink": _ink(v)} for k, v in painters.items() if not k.startswith("agent")
+        }
         result["references"] = {}
 
     k = min(grid_samples, n)
     _to_pil(sample_grid(agent[:k], targets[:k] if targets is not None else None)).save(
         out_dir / "samples.png"
+    )
+    _to_pil(sample_grid(greedy[:k], targets[:k] if targets is not None else None)).save(
+        out_dir / "samples_greedy.png"
     )
     _to_pil(make_grid(random_policy[:k], ncols=8)).save(out_dir / "random_policy.png")
     gif_targets = targets[: frames.shape[1]] if targets is not None else None
@@ -361,7 +376,9 @@ def evaluate(workdir: pathlib.Path, step: int | None = None, *, out_dir: pathlib
 
 def format_table(result: dict[str, Any]) -> str:
     """The metrics as a plain-text table, one row per painter."""
-    rows = [("agent", result["agent"])]
+    rows = [("agent (sampled actions)", result["agent"])]
+    if "agent_greedy" in result:
+        rows.append(("agent (greedy actions)", result["agent_greedy"]))
     rows += [(f"baseline: {k}", v) for k, v in result["baselines"].items()]
     rows += [(f"reference: {k}", v) for k, v in result["references"].items()]
     if result["conditional"]:

@@ -632,10 +632,12 @@ class AutoregressiveHeads(nn.Module):
         z: Array,
         key: Array | None = None,
         actions: Mapping[str, Array] | None = None,
+        greedy: bool = False,
     ) -> tuple[dict[str, Array], dict[str, Array]]:
         """z [N, lstm_size] -> (logits, actions), dicts in spec order.
 
-        Either `key` (sample) or `actions` (teacher-force) must be given.
+        Either `key` (sample; with `greedy`, take each part's most likely choice given
+        the parts before it) or `actions` (teacher-force) must be given.
         """
         cfg = self.config
         spec = dict(self.action_spec)
@@ -654,7 +656,9 @@ class AutoregressiveHeads(nn.Module):
                 logits[k] = out.reshape(n, grid * grid)
             else:
                 logits[k] = _dense(spec[k], f"{k}_head")(z)
-            if actions is None:
+            if actions is None and greedy:
+                a = jnp.argmax(logits[k], axis=-1).astype(jnp.int32)
+            elif actions is None:
                 a = jax.random.categorical(keys[i], logits[k], axis=-1).astype(jnp.int32)
             else:
                 a = actions[k].astype(jnp.int32)
@@ -731,6 +735,7 @@ class SpiralAgent(nn.Module):
         state: AgentState,
         noise: Array | None,
         key: Array,
+        greedy: bool = False,
     ) -> tuple[AgentOutput, AgentState]:
         """One time step for a batch: samples an action autoregressively.
 
@@ -740,6 +745,8 @@ class SpiralAgent(nn.Module):
           state: the state returned by the previous step (or `initial_state`).
           noise: float32 [B, noise_dim], the episode's noise (None if noise_dim 0).
           key: PRNG key for sampling.
+          greedy: take each action part's most likely value (given the parts decided
+            before it) instead of sampling; for evaluation.
 
         Returns:
           (AgentOutput(action, logits, baseline), new state).
@@ -749,7 +756,7 @@ class SpiralAgent(nn.Module):
         x = self._encode(observation, state.prev_action, reset, noise)
         out, lstm = self.core(x[None], reset[None], state.lstm)
         z = out[0]
-        logits, action = self._heads(z, key=key)
+        logits, action = self._heads(z, key=key, greedy=greedy)
         baseline = self.baseline_head(z)[..., 0].astype(jnp.float32)
         return AgentOutput(action=action, logits=logits, baseline=baseline), AgentState(
             lstm=lstm, prev_action=action

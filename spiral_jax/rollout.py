@@ -166,6 +166,7 @@ def rollout(
     key: Array,
     num_steps: int,
     bootstrap: bool = True,
+    greedy: bool = False,
 ) -> tuple[RolloutState, Trajectory]:
     """Rolls the batch forward `num_steps` agent decisions from `state` (pure; jit it).
 
@@ -177,6 +178,8 @@ def rollout(
       key: PRNG key for the agent's sampling and the episodes' noise.
       num_steps: T, the trajectory length (static).
       bootstrap: also evaluate v(o_T) (one more agent step); False leaves it 0.
+      greedy: the agent takes its most likely actions (`SpiralAgent.step`), for
+        evaluation; `behaviour_log_prob` is still that of the taken action.
 
     Returns:
       (the state to continue from, the trajectory).
@@ -197,6 +200,7 @@ def rollout(
             carry.agent_state,
             noise if noise_dim else None,
             act_key,
+            greedy,
             method=SpiralAgent.step,
         )
         env_state, next_ts = jax.vmap(env.step)(carry.env_state, out.action)
@@ -283,6 +287,7 @@ def rollout_episodes(
     key: Array,
     batch_size: int,
     targets: Array | None = None,
+    greedy: bool = False,
 ) -> Trajectory:
     """Resets `batch_size` environments and rolls one whole episode each (pure; jit it).
 
@@ -293,21 +298,23 @@ def rollout_episodes(
     reset_key, roll_key = jax.random.split(key)
     state = init_rollout_state(env, agent, reset_key, batch_size, targets)
     _, traj = rollout(
-        env, agent, params, state, roll_key, episode_length_of(env) - 1, bootstrap=False
+        env, agent, params, state, roll_key, episode_length_of(env) - 1, bootstrap=False,
+        greedy=greedy,
     )
     return traj
 
 
 def make_episode_rollout(
-    env: Any, agent: SpiralAgent, batch_size: int
+    env: Any, agent: SpiralAgent, batch_size: int, greedy: bool = False
 ) -> Callable[..., Trajectory]:
-    """A jitted `fn(params, key, targets=None) -> trajectory` of whole episodes."""
+    """A jitted `fn(params, key, targets=None) -> trajectory` of whole episodes
+    (`greedy`: the agent's most likely actions instead of samples)."""
     _check_compatible(env, agent)
     episode_length_of(env)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
 
     def fn(params: Any, key: Array, targets: Array | None = None) -> Trajectory:
-        return rollout_episodes(env, agent, params, key, batch_size, targets)
+        return rollout_episodes(env, agent, params, key, batch_size, targets, greedy)
 
     return jax.jit(fn)

@@ -459,14 +459,14 @@ class Trainer:
 
     # -- sampling for pictures and evaluation ---------------------------------------------
 
-    def make_sampler(self, batch_size: int) -> Callable[..., Any]:
+    def make_sampler(self, batch_size: int, greedy: bool = False) -> Callable[..., Any]:
         """`sample(params, key, targets=None) -> trajectory` of whole episodes (jitted
-        once per batch size)."""
-        if batch_size not in self._samplers:
-            self._samplers[batch_size] = rollout_lib.make_episode_rollout(
-                self.env, self.agent, batch_size
+        once per batch size; `greedy`: the agent's most likely actions)."""
+        if (batch_size, greedy) not in self._samplers:
+            self._samplers[batch_size, greedy] = rollout_lib.make_episode_rollout(
+                self.env, self.agent, batch_size, greedy
             )
-        return self._samplers[batch_size]
+        return self._samplers[batch_size, greedy]
 
 
 _sample_data_jit = jax.jit(Trainer._sample_data)

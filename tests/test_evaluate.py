@@ -67,7 +67,9 @@ def test_command_line_evaluates_an_unconditional_run(trained_run):
     assert set(metrics["references"]) == {"real_train_images"}
     numbers = _finite_numbers(metrics)
     assert numbers and all(math.isfinite(x) for x in numbers)
-    for row in [metrics["agent"], *metrics["baselines"].values()]:
+    assert (eval_dir / "samples_greedy.png").exists()
+    assert "agent (greedy actions)" in out.stdout
+    for row in [metrics["agent"], metrics["agent_greedy"], *metrics["baselines"].values()]:
         assert row["frechet_distance"] >= 0 and 0 <= row["confident_fraction"] <= 1
         assert 0 <= row["class_entropy"] <= math.log(10) + 1e-9
     assert metrics["baselines"]["blank_canvas"]["ink"] == 0.0
@@ -122,7 +124,9 @@ def test_evaluate_conditional_run_with_baselines_and_references(tmp_path):
         "mean_train_image", "class_mean_train_image", "nearest_train_image",
         "target_blurred_1.0px_at_28", "target_blurred_1.5px_at_28",
     }
-    for name, row in [("agent", metrics["agent"]), *metrics["baselines"].items(),
+    assert (out_dir / "samples_greedy.png").exists()
+    for name, row in [("agent", metrics["agent"]), ("greedy", metrics["agent_greedy"]),
+                      *metrics["baselines"].items(),
                       *metrics["references"].items()]:
         assert math.isfinite(row["relative_mse"]) and row["relative_mse"] >= 0, name
         assert 0 <= row["recognised_as_target"] <= 1, name

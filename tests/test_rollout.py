@@ -193,6 +193,21 @@ def test_behaviour_log_prob_equals_unroll(fake):
     np.testing.assert_allclose(vt.vs[-1], 1.0, atol=1e-6)  # terminal: v_s = r
 
 
+def test_greedy_rollout_takes_each_parts_argmax(fake):
+    env, agent, params, _ = fake
+    greedy = R.make_episode_rollout(env, agent, B, greedy=True)
+    traj = greedy(params, jax.random.key(2))
+    # The logits recorded at each step were computed with the earlier parts' choices
+    # fed back (teacher-forced by the unroll too): each chosen part is their argmax.
+    out = UNROLL(agent, params, traj.unroll_inputs())
+    for k, logits in traj.behaviour_logits.items():
+        np.testing.assert_array_equal(traj.action[k], np.argmax(np.asarray(logits), -1))
+        np.testing.assert_allclose(out.logits[k], logits, atol=2e-5, rtol=1e-5)
+    # Not what sampling does with the same key.
+    sampled = R.make_episode_rollout(env, agent, B)(params, jax.random.key(2))
+    assert any(np.any(sampled.action[k] != traj.action[k]) for k in traj.action)
+
+
 def test_same_key_same_rollout(fake):
     env, agent, params, episodes = fake
     a = episodes(params, jax.random.key(3))
