@@ -445,7 +445,13 @@ class Trainer:
         metrics["ink"] = jnp.mean(1.0 - traj.final_canvas)
         if targets is not None:
             metrics["l2_to_target"] = jnp.mean(jnp.square(traj.final_canvas - targets))
+            metrics["l2_blank"] = jnp.mean(jnp.square(1.0 - targets))
         metrics = jax.lax.pmean(metrics, AXIS)
+        if targets is not None:
+            # As a fraction of a blank canvas's error on the same targets (1 = no better
+            # than painting nothing), the number `experiments.evaluate` reports.
+            blank = metrics.pop("l2_blank")
+            metrics["l2_to_target_vs_blank"] = metrics["l2_to_target"] / jnp.maximum(blank, 1e-12)
         new_state = state.replace(
             step=state.step + 1,
             policy_params=policy_params,

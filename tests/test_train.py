@@ -78,6 +78,8 @@ def test_every_loss_and_reward_trains_without_nans(dataset, overrides):
     assert "d_loss" in history[-1] and "policy_loss" in history[-1]
     if config.conditional:
         assert 0.0 < history[-1]["l2_to_target"] < 1.0
+        # The untrained agent paints at random: worse than leaving the canvas blank.
+        assert history[0]["l2_to_target_vs_blank"] > 1.0
     # Both networks moved.
     moved = lambda a, b: any(  # noqa: E731
         not np.allclose(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
