@@ -7,7 +7,8 @@ r"""Trains SPIRAL: `python -m experiments.train --config=NAME --workdir=DIR`.
         --config.reward.kind=l2 --config.batch_size=64
 
 `--config` takes a name from `experiments/configs/` (mnist5k, mnist5k_conditional,
-mnist, omniglot, celeba, small) or a path to a config file; `--config.FIELD=VALUE` overrides any field.
+mnist, omniglot, celeba, small) or a path to a config file; `--config.FIELD=VALUE`
+overrides any field.
 The run shows a progress bar with frames per second, writes TensorBoard events, the
 same scalars as JSON lines (`metrics.jsonl`, for plots without TensorBoard), PNG
 sample grids and orbax checkpoints to the workdir, and running the same command

@@ -10,7 +10,8 @@ from its canvases, outside the environment:
   rewards of an episode telescope to D(final) - D(blank).
 * `l2_reward` / `l2_per_step_reward`: the negative mean squared distance between
   canvas and target (the paper's conditional baseline, Sec. 5; the per-step form is
-  the same difference trick applied to it).
+  the same difference trick applied to it). Both can average the distance over
+  average-pooled scales (``pools``), which credits strokes that land near the ink.
 * `stroke_penalty` and `empty_canvas_penalty`: the small penalties of SPIRAL's MNIST
   runs, for each stroke and for an empty final canvas (returned <= 0, to be added).
 
@@ -127,7 +128,7 @@ def _average_pool(x: Array, factor: int) -> Array:
 
 def check_pools(pools: Any, width: int | None = None) -> tuple[int, ...]:
     """The pooling factors as a tuple; ValueError unless each is a positive int that
-    divides the image width (if given)."""
+    divides `width` (an image side, if given)."""
     pools = (pools,) if isinstance(pools, int) else tuple(pools)
     if not pools:
         raise ValueError("pools must name at least one pooling factor, e.g. (1,)")
@@ -135,7 +136,7 @@ def check_pools(pools: Any, width: int | None = None) -> tuple[int, ...]:
         if not isinstance(f, (int, np.integer)) or f < 1:
             raise ValueError(f"pooling factors must be positive ints, got {f!r} in {pools}")
         if width is not None and width % f:
-            raise ValueError(f"pooling factor {f} does not divide the image width {width}")
+            raise ValueError(f"pooling factor {f} does not divide the image side {width}")
     return tuple(int(f) for f in pools)
 
 
@@ -155,6 +156,7 @@ def l2_score(canvas: Array, target: Array, pools: tuple[int, ...] = (1,)) -> Arr
             f"canvas and target must end in the same (H, W, C), got {_shape(canvas)} "
             f"and {_shape(target)}"
         )
+    check_pools(pools, canvas.shape[-3])
     pools = check_pools(pools, canvas.shape[-2])
     canvas = canvas.astype(jnp.float32)
     target = target.astype(jnp.float32)
