@@ -49,6 +49,7 @@ def ema(values: np.ndarray, weight: float) -> np.ndarray:
 
 
 def parse_hlines(specs: list[str]) -> dict[str, list[tuple[float, str]]]:
+    """Reference lines from "METRIC:VALUE:LABEL" strings, grouped by metric."""
     lines: dict[str, list[tuple[float, str]]] = {}
     for spec in specs:
         parts = spec.split(":", 2)
