@@ -31,6 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from spiral_jax import image_grid
+
 IMAGE_SIZE = 32
 """Side of the square, grey images the classifier sees."""
 
@@ -86,18 +88,7 @@ def preprocess(images: jax.Array, size: int = IMAGE_SIZE) -> jax.Array:
 
 def check_images(images: Any) -> np.ndarray:
     """Validates a batch of canvas-convention images; returns it as float32 numpy."""
-    x = np.asarray(images)
-    if x.ndim != 4 or x.shape[-1] not in (1, 3) or x.shape[1] != x.shape[2]:
-        raise ValueError(
-            f"images shape {x.shape} must be [N, W, W, C] (square) with C in (1, 3)"
-        )
-    if x.shape[0] < 1:
-        raise ValueError("images is empty (N = 0)")
-    if not np.issubdtype(x.dtype, np.floating):
-        raise ValueError(f"images dtype {x.dtype} must be floating, values in [0, 1]")
-    if not np.all(np.isfinite(x)):
-        raise ValueError("images contain NaN or inf")
-    return x.astype(np.float32)
+    return image_grid.check_image_batch(images, square=True).astype(np.float32)
 
 
 @functools.partial(jax.jit, static_argnums=0)

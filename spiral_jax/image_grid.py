@@ -10,6 +10,22 @@ import numpy as np
 from PIL import Image
 
 
+def check_image_batch(images: Any, square: bool = False) -> np.ndarray:
+    """A batch of float images [N, H, W, C] (C = 1 or 3, finite, N >= 1) as numpy;
+    ValueError naming what is wrong. `square` also requires H == W."""
+    x = np.asarray(images)
+    if x.ndim != 4 or x.shape[-1] not in (1, 3) or (square and x.shape[1] != x.shape[2]):
+        want = "[N, W, W, C] (square)" if square else "[N, H, W, C]"
+        raise ValueError(f"images shape {x.shape} must be {want} with C in (1, 3)")
+    if x.shape[0] < 1:
+        raise ValueError("images is empty (N = 0)")
+    if not np.issubdtype(x.dtype, np.floating):
+        raise ValueError(f"images dtype {x.dtype} must be floating (values in [0, 1])")
+    if not np.all(np.isfinite(x)):
+        raise ValueError("images contain NaN or inf")
+    return x
+
+
 def make_grid(
     images: Any,
     *,
@@ -30,15 +46,7 @@ def make_grid(
       uint8 [rows * (H + padding) + padding, ncols * (W + padding) + padding, C];
       pixel value round(255 * x). Cells past N stay at ``pad_value``.
     """
-    x = np.asarray(images)
-    if x.ndim != 4 or x.shape[-1] not in (1, 3):
-        raise ValueError(f"images shape {x.shape} must be [N, H, W, C] with C in (1, 3)")
-    if x.shape[0] < 1:
-        raise ValueError("images is empty (N = 0)")
-    if not np.issubdtype(x.dtype, np.floating):
-        raise ValueError(f"images dtype {x.dtype} must be floating (values in [0, 1])")
-    if not np.all(np.isfinite(x)):
-        raise ValueError("images contain NaN or inf")
+    x = check_image_batch(images)
     n, h, w, c = x.shape
     if ncols is None:
         ncols = math.ceil(math.sqrt(n))
