@@ -12,6 +12,8 @@ from its canvases, outside the environment:
   canvas and target (the paper's conditional baseline, Sec. 5; the per-step form is
   the same difference trick applied to it). Both can average the distance over
   average-pooled scales (``pools``), which credits strokes that land near the ink.
+* `standardize_scores`: D's scores centred and scaled over the batch, so that the
+  critic's drifting offset and growing scale do not reach the agent.
 * `stroke_penalty` and `empty_canvas_penalty`: the small penalties of SPIRAL's MNIST
   runs, for each stroke and for an empty final canvas (returned <= 0, to be added).
 
@@ -91,6 +93,38 @@ def terminal_d_reward(scores: Array, is_last: Array) -> Array:
         raise ValueError(f"scores must be [T, B] = {(t, b)} or [B] = {(b,)}, got {_shape(scores)}")
     scores = jnp.broadcast_to(scores.astype(jnp.float32), (t, b))
     return jnp.where(is_last.astype(bool), scores, 0.0)
+
+
+def standardize_scores(
+    scores: Array, axis_name: str | None = None, eps: float = 1e-6
+) -> Array:
+    """(s - mean(s)) / std(s) over every entry of ``scores`` (and over the devices of
+    ``axis_name``, inside ``shard_map``, so that the result does not depend on how the
+    batch is split).
+
+    A WGAN critic is defined only up to an added constant, which SPIRAL's weak drift
+    term leaves free to wander, and its scale grows as the critic pulls ahead of the
+    agent. Both reach a raw-score reward: the wandering offset as noise that the value
+    baseline has to chase, the growing scale as a policy gradient that swamps the
+    entropy bonus, which collapses the agent onto one mode. Standardised scores keep
+    only how each canvas ranks among the batch (reward normalisation, as in RL
+    practice); per-step differences of them still telescope.
+
+    Args:
+      scores: float array of any shape, e.g. [B] or [T + 1, B].
+      axis_name: a mapped axis to take the moments over as well, or None.
+      eps: added to the variance; equal scores give 0.
+
+    Returns:
+      float32, same shape.
+    """
+    s = scores.astype(jnp.float32)
+    moments = (jnp.mean(s), jnp.mean(jnp.square(s)))
+    if axis_name is not None:
+        moments = jax.lax.pmean(moments, axis_name)
+    mean, mean_sq = moments
+    var = jnp.maximum(mean_sq - jnp.square(mean), 0.0)
+    return (s - mean) * jax.lax.rsqrt(var + eps)
 
 
 def per_step_d_reward(canvas_scores: Array, valid: Array | None = None) -> Array:

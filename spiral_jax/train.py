@@ -290,7 +290,10 @@ class Trainer:
 
         def d_reward(images):
             scores = disc_lib.score_canvases(critic, disc_params, images, targets)
-            return disc_lib.generator_reward(scores, self.config.disc.loss)
+            scores = disc_lib.generator_reward(scores, self.config.disc.loss)
+            if cfg.standardize_d:
+                scores = rewards_lib.standardize_scores(scores, AXIS)
+            return scores
 
         if cfg.kind == "terminal_d":
             reward = rewards_lib.terminal_d_reward(d_reward(traj.final_canvas), is_last)

@@ -251,3 +251,22 @@ def test_prev_flag_from_the_environments_observation_masks():
     got = RW.stroke_penalty(jnp.asarray(flags)[:, None], 1.0,
                             prev_flag=jnp.asarray(prev)[:, None])
     np.testing.assert_array_equal(np.asarray(got)[:, 0], [-1, 0, 0, -1, 0, 0])
+
+
+def test_standardize_scores_matches_numpy_and_ignores_offset_and_scale():
+    s = np.random.default_rng(3).normal(2.0, 5.0, size=(10, 8))
+    ref = (s - s.mean()) / np.sqrt(s.var() + 1e-6)
+    np.testing.assert_allclose(RW.standardize_scores(jnp.asarray(s)), ref, atol=1e-5)
+    # A drifting critic offset and a growing scale leave the rewards as they are.
+    np.testing.assert_allclose(
+        RW.standardize_scores(jnp.asarray(7.0 * s - 40.0)), ref, atol=1e-4
+    )
+    np.testing.assert_array_equal(RW.standardize_scores(jnp.full((4,), 3.0)), np.zeros(4))
+
+
+def test_standardize_scores_over_a_mapped_axis_uses_the_whole_batch():
+    s = np.random.default_rng(4).normal(size=(4, 6)).astype(np.float32)
+    split = jnp.asarray(s).reshape(4, 2, 3).transpose(1, 0, 2)  # 2 "devices" of [4, 3]
+    out = jax.vmap(lambda x: RW.standardize_scores(x, axis_name="d"), axis_name="d")(split)
+    ref = (s - s.mean()) / np.sqrt(s.var() + 1e-6)
+    np.testing.assert_allclose(out.transpose(1, 0, 2).reshape(4, 6), ref, atol=1e-5)

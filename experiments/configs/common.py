@@ -51,6 +51,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.reward.discount = 1.0  # SPIRAL: 1; SPIRAL++ per-step rewards: 0.9-0.99
     c.reward.l2_pools = (1,)  # L2 rewards: average over these pooling factors
     c.reward.scale = 1.0  # multiplies the D or L2 reward (not the penalties)
+    c.reward.standardize_d = False  # D rewards: standardise D's scores over the batch
     c.reward.stroke_penalty = 0.0  # per paint step (SPIRAL's MNIST runs)
     c.reward.empty_penalty = 0.0  # for an empty final canvas
 
