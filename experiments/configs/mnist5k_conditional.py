@@ -13,6 +13,10 @@ two passes), plus the reward:
 * Scaled by 5 (`reward.scale`): pooled L2 changes per stroke are ~0.01, and the
   entropy bonus is weighed against the reward's scale.
 
+And a smaller entropy cost, 0.01 instead of 0.02: L2 is a fixed target, so the policy
+can afford to sharpen; in trials 0.01 reached in 525 steps the error 0.02 reached in
+about 1,000, while 0.005 first taught the agent to stop painting.
+
 The discriminator is still trained (on (target, canvas) pairs) but gives no reward.
 """
 
@@ -26,4 +30,5 @@ def get_config():
     c.reward.discount = 0.9
     c.reward.l2_pools = (1, 2, 4, 8)
     c.reward.scale = 5.0
+    c.learner.entropy_cost = 0.01
     return c
