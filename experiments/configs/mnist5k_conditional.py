@@ -14,8 +14,8 @@ two passes), plus the reward:
   entropy bonus is weighed against the reward's scale.
 
 And a smaller entropy cost, 0.01 instead of 0.02: L2 is a fixed target, so the policy
-can afford to sharpen; in trials 0.01 reached in 525 steps the error 0.02 reached in
-about 1,000, while 0.005 first taught the agent to stop painting.
+can afford to sharpen; in trials 0.01 brought the training error to 0.85 of a blank canvas's in 525 steps,
+where 0.02 took about 1,700, while 0.005 taught the agent to stop painting.
 
 The discriminator is still trained (on (target, canvas) pairs) but gives no reward.
 """
