@@ -14,8 +14,9 @@ two passes), plus the reward:
   entropy bonus is weighed against the reward's scale.
 
 And a smaller entropy cost, 0.01 instead of 0.02: L2 is a fixed target, so the policy
-can afford to sharpen; in trials 0.01 brought the training error to 0.85 of a blank canvas's in 525 steps,
-where 0.02 took about 1,700, while 0.005 taught the agent to stop painting.
+can afford to sharpen. In trials 0.01 brought the training error to 0.85 of a blank
+canvas's in 525 steps, where 0.02 took about 1,700; 0.005 taught the agent to stop
+painting.
 
 The discriminator is still trained (on (target, canvas) pairs) but gives no reward.
 """
