@@ -21,8 +21,24 @@ What differs from SPIRAL's paper settings (`common.base_config`), and why:
   pass reached in 655.
 
 SPIRAL's WGAN-GP critic and terminal reward (γ = 1) are kept: in short trials it drew
-digit-like strokes where SPIRAL++'s GAN with per-step rewards drew blobs. For the
-conditional variant, see `mnist5k_conditional`.
+digit-like strokes where SPIRAL++'s GAN with per-step rewards drew blobs. But as SPIRAL
+sets it up (one critic update per step, gradient-penalty weight 1, the raw score as
+reward) the agent collapsed onto one figure within a few hundred steps, and its
+Fréchet distance ended above the random policy's. Three changes keep it diverse:
+
+* The critic's scores are standardised over the batch before they become rewards
+  (`reward.standardize_d`): the critic's wandering offset and growing scale no
+  longer reach the agent, only how each canvas ranks among the batch.
+* Five critic updates per train step with gradient-penalty weight 10, WGAN-GP's own
+  settings (Gulrajani et al., 2017): a critic close to its optimum stops rewarding
+  the figure the agent has converged on before the policy has collapsed onto it.
+* A larger entropy cost, 0.05.
+
+In 13-minute trials, two at a time, these reached a Fréchet distance of 274 against
+the random policy's 394 (500 episodes); with standardised scores alone, or with a
+0.05 entropy cost but one critic update, the agent still collapsed.
+
+For the conditional variant, see `mnist5k_conditional`.
 """
 
 from experiments.configs import common
@@ -43,8 +59,11 @@ def get_config():
     c.agent.lstm_size = 256
     c.agent.torso_output = 256
     c.disc.widths = (16, 32, 64)
+    c.disc.updates_per_step = 5
+    c.disc.gp_weight = 10.0
+    c.reward.standardize_d = True
     c.learner.learning_rate = 3e-4
-    c.learner.entropy_cost = 0.02
+    c.learner.entropy_cost = 0.05
     c.learner.normalize_entropy = True
     c.learner.passes = 2
     c.batch_size = 32
