@@ -34,9 +34,10 @@ Fréchet distance ended above the random policy's. Three changes keep it diverse
   the figure the agent has converged on before the policy has collapsed onto it.
 * A larger entropy cost, 0.05.
 
-In 13-minute trials, two at a time, these reached a Fréchet distance of 274 against
-the random policy's 394 (500 episodes); with standardised scores alone, or with a
-0.05 entropy cost but one critic update, the agent still collapsed.
+In 13-minute trials (about 400 steps, sharing the CPU with other runs) these reached
+a Fréchet distance of 274 against the random policy's 394 (500 episodes); with
+standardised scores alone, or with them and a 0.05 entropy cost but one critic update,
+the agent still collapsed onto one figure.
 
 For the conditional variant, see `mnist5k_conditional`.
 """
