@@ -234,10 +234,12 @@ def main(argv):
                 fps = frames * (step - last_step) / (now - last_time)
                 last_time, last_step = now, step
                 metrics["frames_per_second"] = fps
-                bar.set_postfix(
-                    fps=f"{fps:,.0f}", ret=f"{metrics['episode_return']:.3f}",
-                    refresh=False,
-                )
+                postfix = {"fps": f"{fps:,.0f}", "ret": f"{metrics['episode_return']:.3f}"}
+                if "wasserstein" in metrics:
+                    # Standardised D rewards average 0 by construction; the critic's
+                    # Wasserstein estimate says how far the agent is from the data.
+                    postfix["W"] = f"{metrics['wasserstein']:.2f}"
+                bar.set_postfix(postfix, refresh=False)
                 if writer is not None:
                     for k, v in metrics.items():
                         writer.add_scalar(f"train/{k}", v, step)
