@@ -53,6 +53,8 @@ def _finite(tree) -> bool:
         # The CPU recipe: pooled per-step L2, scaled, normalised entropy.
         dict(loss="wgan_gp", reward="l2_per_step", conditional=True, pools=(1, 2, 4),
              scale=5.0, norm_entropy=True),
+        # The unconditional CPU recipe: standardised critic scores, 5 critic updates.
+        dict(loss="wgan_gp", reward="terminal_d", standardize=True, d_updates=5, gp=10.0),
     ],
     ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()),
 )
@@ -69,6 +71,9 @@ def test_every_loss_and_reward_trains_without_nans(dataset, overrides):
     config.reward.l2_pools = overrides.get("pools", (1,))
     config.reward.scale = overrides.get("scale", 1.0)
     config.learner.normalize_entropy = overrides.get("norm_entropy", False)
+    config.reward.standardize_d = overrides.get("standardize", False)
+    config.disc.updates_per_step = overrides.get("d_updates", 1)
+    config.disc.gp_weight = overrides.get("gp", 1.0)
     before = train.make_trainer(config, dataset=dataset).init(jax.random.PRNGKey(0))
     state, history = _run_steps(config, dataset, 3)
     assert int(state.step) == 3
@@ -76,6 +81,9 @@ def test_every_loss_and_reward_trains_without_nans(dataset, overrides):
     for metrics in history:
         assert all(np.isfinite(v) for v in metrics.values()), metrics
     assert "d_loss" in history[-1] and "policy_loss" in history[-1]
+    if config.reward.standardize_d:
+        # Terminal rewards standardised over the batch: the mean return is 0.
+        assert all(abs(m["episode_return"]) < 1e-4 for m in history)
     if config.conditional:
         assert 0.0 < history[-1]["l2_to_target"] < 1.0
         # The untrained agent paints at random: worse than leaving the canvas blank.
