@@ -105,8 +105,8 @@ def standardize_scores(
     A WGAN critic is defined only up to an added constant, which SPIRAL's weak drift
     term leaves free to wander, and its scale grows as the critic pulls ahead of the
     agent. Both reach a raw-score reward: the wandering offset as noise that the value
-    baseline has to chase, the growing scale as a policy gradient that swamps the
-    entropy bonus, which collapses the agent onto one mode. Standardised scores keep
+    baseline has to chase, the growing scale as a policy gradient that outweighs the
+    entropy bonus more and more as training goes on. Standardised scores keep
     only how each canvas ranks among the batch (reward normalisation, as in RL
     practice); per-step differences of them still telescope.
 
