@@ -115,11 +115,6 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
         raise ValueError(
             f"reward.kind={config.reward.kind!r} needs a target: set conditional=True"
         )
-    if config.reward.standardize_d and config.reward.kind not in ("terminal_d", "per_step_d"):
-        raise ValueError(
-            f"reward.standardize_d=True applies to D rewards only, not "
-            f"reward.kind={config.reward.kind!r}"
-        )
     if config.batch_size < 1 or config.batch_size % num_devices:
         raise ValueError(
             f"batch_size={config.batch_size} must be a positive multiple of the number of "

@@ -51,7 +51,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.reward.discount = 1.0  # SPIRAL: 1; SPIRAL++ per-step rewards: 0.9-0.99
     c.reward.l2_pools = (1,)  # L2 rewards: average over these pooling factors
     c.reward.scale = 1.0  # multiplies the D or L2 reward (not the penalties)
-    c.reward.standardize_d = False  # D rewards: standardise D's scores over the batch
+    # Standardise D's scores over the batch (D rewards only; L2 rewards ignore it, so
+    # that `--config.reward.kind=l2` works on top of a config that sets it).
+    c.reward.standardize_d = False
     c.reward.stroke_penalty = 0.0  # per paint step (SPIRAL's MNIST runs)
     c.reward.empty_penalty = 0.0  # for an empty final canvas
 
