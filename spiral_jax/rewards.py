@@ -119,12 +119,15 @@ def standardize_scores(
       float32, same shape.
     """
     s = scores.astype(jnp.float32)
-    moments = (jnp.mean(s), jnp.mean(jnp.square(s)))
-    if axis_name is not None:
-        moments = jax.lax.pmean(moments, axis_name)
-    mean, mean_sq = moments
-    var = jnp.maximum(mean_sq - jnp.square(mean), 0.0)
-    return (s - mean) * jax.lax.rsqrt(var + eps)
+
+    def global_mean(x: Array) -> Array:
+        m = jnp.mean(x)
+        return m if axis_name is None else jax.lax.pmean(m, axis_name)
+
+    # Two passes, not E[s^2] - E[s]^2: a runaway critic's offset can be far larger
+    # than the spread between canvases, and float32 would cancel it away.
+    centred = s - global_mean(s)
+    return centred * jax.lax.rsqrt(global_mean(jnp.square(centred)) + eps)
 
 
 def per_step_d_reward(canvas_scores: Array, valid: Array | None = None) -> Array:
