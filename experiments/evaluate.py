@@ -54,8 +54,7 @@ from spiral_jax import metrics as metrics_lib
 from spiral_jax import train as train_lib
 from spiral_jax.image_grid import make_grid
 
-DIGIT_DATASETS = ("mnist5k", "mnist")
-"""Datasets the shipped digit classifier can score."""
+DIGIT_DATASETS = digit_classifier.DATASETS
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training run's directory.")
 _CHECKPOINT = flags.DEFINE_string(

@@ -76,6 +76,9 @@ from PIL import Image  # noqa: E402
 from tensorboardX import SummaryWriter  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from spiral_jax import datasets as data_lib  # noqa: E402
+from spiral_jax import digit_classifier  # noqa: E402
+from spiral_jax import metrics as metrics_lib  # noqa: E402
 from spiral_jax import train as train_lib  # noqa: E402
 from spiral_jax.image_grid import make_grid, save_grid  # noqa: E402
 
@@ -120,6 +123,52 @@ def _sample_grid(trainer, state, key, targets=None) -> np.ndarray:
         return make_grid(canvases, ncols=8)
     pairs = np.stack([np.asarray(targets), canvases], axis=1).reshape((-1,) + canvases.shape[1:])
     return make_grid(pairs, ncols=8)
+
+
+def check_eval_config(config) -> None:
+    """ValueError for in-training evaluation settings that cannot work."""
+    if config.eval_every < 0:
+        raise ValueError(f"eval_every={config.eval_every} must be >= 0 (0 = no evaluation)")
+    if not config.eval_every:
+        return
+    if config.conditional or config.dataset not in digit_classifier.DATASETS:
+        raise ValueError(
+            f"eval_every={config.eval_every}: the in-training Fréchet distance needs an "
+            f"unconditional run on {', '.join(digit_classifier.DATASETS)}, not "
+            f"dataset={config.dataset!r} with conditional={config.conditional}; "
+            f"set --config.eval_every=0"
+        )
+    if config.eval_episodes < 2:
+        raise ValueError(
+            f"eval_episodes={config.eval_episodes} must be >= 2 for a Fréchet distance"
+        )
+
+
+class FrechetToTrainingDigits:
+    """The Fréchet distance between the agent's paintings and as many training digits,
+    on the digit classifier's features: a sample-quality curve during training, which
+    leaves the held-out split to `experiments.evaluate`."""
+
+    def __init__(self, trainer: train_lib.Trainer, config):
+        env = trainer.env
+        train = data_lib.load(
+            config.dataset, "train", image_size=env.canvas_width, channels=env.channels,
+            data_dir=config.data_dir or None, max_examples=config.eval_episodes,
+        )
+        self.classifier = digit_classifier.load_default()
+        self.real_moments = metrics_lib.gaussian_moments(
+            self.classifier.features(train.as_float())
+        )
+        self._sample = trainer.make_sampler(config.eval_episodes)
+
+    def paint(self, params, key) -> np.ndarray:
+        return np.asarray(self._sample(params, key).final_canvas)
+
+    def __call__(self, params, key) -> float:
+        features = self.classifier.features(self.paint(params, key))
+        return metrics_lib.frechet_distance_from_moments(
+            *self.real_moments, *metrics_lib.gaussian_moments(features)
+        )
 
 
 class _GracefulStop:
@@ -171,7 +220,9 @@ def main(argv):
         jax.distributed.initialize()
     workdir = pathlib.Path(_WORKDIR.value) if _WORKDIR.value else _default_workdir(config)
     try:
+        check_eval_config(config)
         trainer = train_lib.make_trainer(config)
+        frechet = FrechetToTrainingDigits(trainer, config) if config.eval_every else None
     except (ValueError, FileNotFoundError) as e:
         sys.stderr.write(f"error: {e}\n")
         sys.exit(2)
@@ -193,6 +244,7 @@ def main(argv):
     train_step = trainer.make_train_step()
     root_key = jax.random.PRNGKey(config.seed)
     sample_key = jax.random.fold_in(root_key, 2**31 - 1)
+    eval_key = jax.random.fold_in(root_key, 2**31 - 2)
     fixed_targets = None
     if config.conditional:
         fixed_targets = trainer.sample_data(jax.random.split(sample_key, _NUM_SAMPLES))
@@ -220,6 +272,7 @@ def main(argv):
     )
     step = start_step
     last_time, last_step = time.perf_counter(), step
+    eval_postfix: dict[str, str] = {}
     try:
         while step < config.num_train_steps and not stop.requested:
             if deadline is not None and time.perf_counter() >= deadline:
@@ -239,6 +292,7 @@ def main(argv):
                     # Standardised D rewards average 0 by construction; the critic's
                     # Wasserstein estimate says how far the agent is from the data.
                     postfix["W"] = f"{metrics['wasserstein']:.2f}"
+                postfix.update(eval_postfix)
                 bar.set_postfix(postfix, refresh=False)
                 if writer is not None:
                     for k, v in metrics.items():
@@ -251,6 +305,21 @@ def main(argv):
                     metrics_file.flush()
                 if not all(np.isfinite(v) for v in metrics.values()):
                     raise FloatingPointError(f"non-finite metrics at step {step}: {metrics}")
+            if frechet is not None and (
+                step % config.eval_every == 0 or step == config.num_train_steps
+            ):
+                t_eval = time.perf_counter()
+                distance = frechet(state.policy_params, jax.random.fold_in(eval_key, step))
+                last_time += time.perf_counter() - t_eval  # frames/s counts training only
+                eval_postfix["FD"] = f"{distance:.0f}"
+                if writer is not None:
+                    writer.add_scalar("eval/frechet_train", distance, step)
+                if metrics_file is not None:
+                    record = {"step": step, "frames": step * frames,
+                              "minutes": minutes_before + (time.perf_counter() - t_start) / 60.0,
+                              "frechet_train": distance}
+                    metrics_file.write(json.dumps(record) + "\n")
+                    metrics_file.flush()
             if step % config.sample_every == 0 or step == config.num_train_steps:
                 key = jax.random.fold_in(sample_key, step)
                 grid = _sample_grid(trainer, state, key, fixed_targets)

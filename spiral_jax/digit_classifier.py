@@ -37,6 +37,8 @@ IMAGE_SIZE = 32
 """Side of the square, grey images the classifier sees."""
 
 NUM_CLASSES = 10
+DATASETS = ("mnist5k", "mnist")
+"""Datasets whose images the classifier can score."""
 FEATURE_DIM = 64
 """Width of the penultimate layer: the features of the Fréchet distance. Few enough
 that 1,000 samples estimate their covariance reasonably."""

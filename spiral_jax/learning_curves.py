@@ -21,8 +21,9 @@ X_LABELS = {
 
 
 def read_metrics(path: pathlib.Path) -> list[dict]:
-    """The records of a metrics.jsonl file, one per step (the last record of a step
-    wins, for resumed runs), sorted by step. Raises FileNotFoundError if missing."""
+    """The records of a metrics.jsonl file, one per step, sorted by step. Records of
+    the same step are merged, later values winning: a resumed run logs some steps
+    again, and in-training evaluations are logged as records of their own."""
     if not path.is_file():
         raise FileNotFoundError(f"no metrics file {path}: was the run made by experiments.train?")
     by_step: dict[int, dict] = {}
@@ -31,7 +32,7 @@ def read_metrics(path: pathlib.Path) -> list[dict]:
             line = line.strip()
             if line:
                 record = json.loads(line)
-                by_step[int(record["step"])] = record
+                by_step.setdefault(int(record["step"]), {}).update(record)
     return [by_step[s] for s in sorted(by_step)]
 
 

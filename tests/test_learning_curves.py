@@ -15,14 +15,17 @@ def _write(path, records):
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
-def test_read_metrics_keeps_the_last_record_of_a_repeated_step(tmp_path):
-    # A run killed after step 3 resumes from its step-2 checkpoint and logs 3 again.
+def test_read_metrics_merges_records_of_a_step_later_values_winning(tmp_path):
+    # A run killed after step 3 resumes from its step-2 checkpoint and logs 3 again;
+    # an in-training evaluation at step 4 is a record of its own.
     path = tmp_path / "metrics.jsonl"
     _write(path, [{"step": s, "loss": float(s)} for s in (1, 2, 3)]
-           + [{"step": 3, "loss": 30.0}, {"step": 4, "loss": 4.0}])
+           + [{"step": 3, "loss": 30.0}, {"step": 4, "loss": 4.0},
+              {"step": 4, "frechet_train": 7.0}])
     records = LC.read_metrics(path)
     assert [r["step"] for r in records] == [1, 2, 3, 4]
     assert records[2]["loss"] == 30.0
+    assert records[3] == {"step": 4, "loss": 4.0, "frechet_train": 7.0}
     with pytest.raises(FileNotFoundError, match="no metrics file"):
         LC.read_metrics(tmp_path / "missing.jsonl")
 

@@ -221,9 +221,40 @@ def _train_cli(workdir, *extra, timeout=900):
     )
 
 
+def test_frechet_to_training_digits_is_zero_for_the_training_digits(dataset):
+    from experiments import train as train_cli
+    from spiral_jax import digit_classifier
+    from spiral_jax import metrics as metrics_lib
+
+    config = small.get_config()
+    config.eval_episodes = 64
+    trainer = train.make_trainer(config, dataset=dataset)
+    frechet = train_cli.FrechetToTrainingDigits(trainer, config)
+    train_digits = data_lib.load("mnist5k", "train", image_size=16, channels=1,
+                                 max_examples=64).as_float()
+    blank = np.ones_like(train_digits)
+    classifier = digit_classifier.load_default()
+    # The real side is the first eval_episodes training digits: painting exactly those
+    # gives 0, and any painting gives the two-sample distance computed from scratch.
+    frechet.paint = lambda params, key: train_digits
+    assert abs(frechet(None, None)) < 1e-3
+    frechet.paint = lambda params, key: blank
+    expected = metrics_lib.frechet_distance(
+        classifier.features(train_digits), classifier.features(blank)
+    )
+    assert frechet(None, None) == pytest.approx(expected, rel=1e-6) and expected > 10.0
+    # The agent's own paintings: one per episode, on the canvas.
+    state = trainer.init(jax.random.PRNGKey(0))
+    del frechet.paint
+    canvases = frechet.paint(state.policy_params, jax.random.PRNGKey(1))
+    assert canvases.shape == (64, 16, 16, 1)
+    assert np.isfinite(frechet(state.policy_params, jax.random.PRNGKey(1)))
+
+
 def test_command_line_trains_writes_outputs_and_resumes(tmp_path):
     first = _train_cli(tmp_path, "--config.num_train_steps=4", "--config.checkpoint_every=2",
-                       "--config.sample_every=2", "--config.log_every=1")
+                       "--config.sample_every=2", "--config.log_every=1",
+                       "--config.eval_every=2", "--config.eval_episodes=16")
     assert first.returncode == 0, first.stderr[-4000:]
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == [
         "2", "4"
@@ -239,10 +270,14 @@ def test_command_line_trains_writes_outputs_and_resumes(tmp_path):
     assert "6" in [p.name for p in (tmp_path / "checkpoints").iterdir()]
     # Every logged step is in metrics.jsonl; a resumed run's minutes carry on.
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
+    frechet = [r for r in records if "frechet_train" in r]
+    assert [r["step"] for r in records if r not in frechet] == [1, 2, 3, 4, 5, 6]
     minutes = [r["minutes"] for r in records]
     assert np.all(np.diff(minutes) >= 0) and minutes[0] > 0
     assert {"episode_return", "frames", "frames_per_second", "d_loss"} <= set(records[-1])
+    # The first invocation's in-training Fréchet distances, records of their own.
+    assert [r["step"] for r in frechet] == [2, 4]
+    assert all(np.isfinite(r["frechet_train"]) and r["frechet_train"] > 0 for r in frechet)
     # A time limit stops the run early and saves where it stopped.
     third = _train_cli(tmp_path, "--config.num_train_steps=100", "--max_minutes=1e-6")
     assert third.returncode == 0, third.stderr[-4000:]
@@ -256,6 +291,8 @@ def test_command_line_trains_writes_outputs_and_resumes(tmp_path):
         (["--config=small", "--config.nosuch=1"], "nosuch"),
         (["--config=small", "--config.batch_size=many"], "batch_size"),
         (["--config=small", "--config.disc.loss=hinge"], "hinge"),
+        (["--config=small", "--config.eval_every=5", "--config.conditional=True",
+          "--config.reward.kind=l2"], "eval_every=5: the in-training Fréchet distance"),
     ],
 )
 def test_command_line_rejects_bad_configs(tmp_path, args, message):

@@ -82,4 +82,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.sample_every = 200
     c.checkpoint_every = 500
     c.keep_checkpoints = 3
+    # Every eval_every steps (0 = never), the Fréchet distance between eval_episodes
+    # paintings and as many *training* digits on the digit classifier's features
+    # (unconditional digit datasets only; `experiments.evaluate` uses held-out digits).
+    c.eval_every = 0
+    c.eval_episodes = 500
     return c
