@@ -58,7 +58,9 @@ DIGIT_DATASETS = digit_classifier.DATASETS
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training run's directory.")
 _CHECKPOINT = flags.DEFINE_string(
-    "checkpoint", None, "A checkpoint directory, <workdir>/checkpoints/<step> (default: latest)."
+    "checkpoint", None,
+    "A checkpoint directory, <workdir>/checkpoints/<step> or, for the one with the best "
+    "in-training Fréchet distance, <workdir>/best_checkpoints/<step> (default: latest).",
 )
 _OUT = flags.DEFINE_string("out", None, "Output directory (default <workdir>/eval).")
 _NUM_EPISODES = flags.DEFINE_integer(
@@ -77,23 +79,32 @@ _MAX_REFERENCE_TRAIN = 5000  # training images for the references (all of mnist5
 # Loading a run.
 
 
-def resolve_run(workdir: str | None, checkpoint: str | None) -> tuple[pathlib.Path, int | None]:
-    """(workdir, step or None for the latest) from the flags; ValueError if unusable."""
+CHECKPOINT_FOLDERS = ("checkpoints", "best_checkpoints")
+"""A run's checkpoint folders: the latest few, and the best by in-training Fréchet
+distance (`experiments.train`, `eval_every`)."""
+
+
+def resolve_run(
+    workdir: str | None, checkpoint: str | None
+) -> tuple[pathlib.Path, int | None, str]:
+    """(workdir, step or None for the latest, checkpoint folder) from the flags;
+    ValueError if unusable."""
     if (workdir is None) == (checkpoint is None):
         raise ValueError("give exactly one of --workdir=DIR or --checkpoint=DIR/checkpoints/STEP")
     if checkpoint is not None:
         path = pathlib.Path(checkpoint).resolve()
-        if not path.name.isdigit() or path.parent.name != "checkpoints":
+        if not path.name.isdigit() or path.parent.name not in CHECKPOINT_FOLDERS:
             raise ValueError(
-                f"--checkpoint={checkpoint!r} must be <workdir>/checkpoints/<step>"
+                f"--checkpoint={checkpoint!r} must be <workdir>/checkpoints/<step> or "
+                f"<workdir>/best_checkpoints/<step>"
             )
         if not path.is_dir():
             raise ValueError(f"--checkpoint={checkpoint!r} does not exist")
-        return path.parent.parent, int(path.name)
+        return path.parent.parent, int(path.name), path.parent.name
     path = pathlib.Path(workdir)
     if not (path / "config.json").exists():
         raise ValueError(f"--workdir={workdir!r} has no config.json (not a training run?)")
-    return path, None
+    return path, None, "checkpoints"
 
 
 def load_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:
@@ -104,15 +115,16 @@ def load_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
-def restore_state(trainer: train_lib.Trainer, workdir: pathlib.Path, step: int | None):
-    """The run's TrainState at `step` (latest when None) and that step."""
+def restore_state(trainer: train_lib.Trainer, workdir: pathlib.Path, step: int | None,
+                  folder: str = "checkpoints"):
+    """The run's TrainState at `step` (latest when None) in `workdir/folder`, and that step."""
     config = trainer.config
     options = ocp.CheckpointManagerOptions(create=False)
-    mngr = ocp.CheckpointManager(workdir.resolve() / "checkpoints", options=options)
+    mngr = ocp.CheckpointManager(workdir.resolve() / folder, options=options)
     try:
         steps = list(mngr.all_steps())
         if not steps:
-            raise ValueError(f"no checkpoints in {workdir / 'checkpoints'}")
+            raise ValueError(f"no checkpoints in {workdir / folder}")
         if step is None:
             step = max(steps)
         elif step not in steps:
@@ -254,8 +266,10 @@ def unconditional_metrics(canvases: dict[str, np.ndarray], real: np.ndarray,
 
 def evaluate(workdir: pathlib.Path, step: int | None = None, *, out_dir: pathlib.Path | None = None,
              num_episodes: int = 1000, batch_size: int = 250, gif_episodes: int = 8,
-             grid_samples: int = 32, seed: int = 0) -> dict[str, Any]:
-    """Evaluates the run in `workdir`; writes samples.png, painting.gif, metrics.json."""
+             grid_samples: int = 32, seed: int = 0,
+             checkpoints: str = "checkpoints") -> dict[str, Any]:
+    """Evaluates the run in `workdir` at `step` (latest when None) of its `checkpoints`
+    folder; writes samples.png, painting.gif, metrics.json."""
     for name, value in (("num_episodes", num_episodes), ("batch_size", batch_size),
                         ("gif_episodes", gif_episodes), ("grid_samples", grid_samples)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -264,7 +278,7 @@ def evaluate(workdir: pathlib.Path, step: int | None = None, *, out_dir: pathlib
     workdir = pathlib.Path(workdir)
     config = load_config(workdir)
     trainer = train_lib.make_trainer(config)
-    state, step = restore_state(trainer, workdir, step)
+    state, step = restore_state(trainer, workdir, step, checkpoints)
     out_dir = pathlib.Path(out_dir) if out_dir is not None else workdir / "eval"
     out_dir.mkdir(parents=True, exist_ok=True)
     env = trainer.env
@@ -295,6 +309,7 @@ def evaluate(workdir: pathlib.Path, step: int | None = None, *, out_dir: pathlib
     result: dict[str, Any] = {
         "workdir": str(workdir),
         "step": int(step),
+        "checkpoint": f"{checkpoints}/{step}",
         "dataset": config.dataset,
         "split": "test",
         "conditional": bool(config.conditional),
@@ -408,11 +423,11 @@ def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
     try:
-        workdir, step = resolve_run(_WORKDIR.value, _CHECKPOINT.value)
+        workdir, step, folder = resolve_run(_WORKDIR.value, _CHECKPOINT.value)
         out = pathlib.Path(_OUT.value) if _OUT.value else None
         result = evaluate(workdir, step, out_dir=out, num_episodes=_NUM_EPISODES.value,
                           batch_size=_BATCH.value, gif_episodes=_GIF_EPISODES.value,
-                          grid_samples=_GRID.value, seed=_SEED.value)
+                          grid_samples=_GRID.value, seed=_SEED.value, checkpoints=folder)
     except (ValueError, FileNotFoundError) as e:
         sys.stderr.write(f"error: {e}\n")
         sys.exit(2)

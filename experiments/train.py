@@ -17,6 +17,12 @@ step, saves a checkpoint and exits. A checkpoint holds the whole `TrainState`: p
 and D parameters, both optimiser states, the replay and the step; step t's PRNG key is
 `fold_in(PRNGKey(config.seed), t)`, so a resumed run draws the randomness it would have
 drawn uninterrupted.
+
+With `--config.eval_every=N` (unconditional digit runs), every N steps the run paints
+`eval_episodes` episodes and logs their Fréchet distance to as many training digits on
+the digit classifier's features (`frechet_train`; `experiments.evaluate` measures
+against held-out digits), and keeps the checkpoint with the lowest one in
+`<workdir>/best_checkpoints/`.
 """
 
 from __future__ import annotations
@@ -95,6 +101,8 @@ _MAX_MINUTES = flags.DEFINE_float(
     "invocation, compilation included; 0 = no limit. For time-boxed CPU results.",
 )
 _NUM_SAMPLES = 16
+BEST_CHECKPOINTS = "best_checkpoints"
+"""Workdir folder of the checkpoint with the best in-training Fréchet distance."""
 
 
 def _default_workdir(config) -> pathlib.Path:
@@ -106,6 +114,15 @@ def _checkpoint_manager(workdir: pathlib.Path, config) -> ocp.CheckpointManager:
         max_to_keep=config.keep_checkpoints, enable_async_checkpointing=True, create=True
     )
     return ocp.CheckpointManager(workdir.resolve() / "checkpoints", options=options)
+
+
+def _best_checkpoint_manager(workdir: pathlib.Path) -> ocp.CheckpointManager:
+    """Keeps the one checkpoint with the lowest in-training Fréchet distance."""
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=1, best_fn=lambda m: m["frechet_train"], best_mode="min",
+        keep_checkpoints_without_metrics=False, enable_async_checkpointing=True, create=True,
+    )
+    return ocp.CheckpointManager(workdir.resolve() / BEST_CHECKPOINTS, options=options)
 
 
 def _write_config(workdir: pathlib.Path, config) -> None:
@@ -230,6 +247,7 @@ def main(argv):
     (workdir / "samples").mkdir(exist_ok=True)
     is_chief = jax.process_index() == 0
     mngr = _checkpoint_manager(workdir, config)
+    best_mngr = _best_checkpoint_manager(workdir) if frechet is not None else None
     state = trainer.init(jax.random.PRNGKey(config.seed))
     latest = mngr.latest_step()
     if latest is not None:
@@ -312,6 +330,9 @@ def main(argv):
                 distance = frechet(state.policy_params, jax.random.fold_in(eval_key, step))
                 last_time += time.perf_counter() - t_eval  # frames/s counts training only
                 eval_postfix["FD"] = f"{distance:.0f}"
+                if best_mngr is not None:  # saved, then dropped unless the best so far
+                    best_mngr.save(step, args=ocp.args.StandardSave(state),
+                                   metrics={"frechet_train": distance})
                 if writer is not None:
                     writer.add_scalar("eval/frechet_train", distance, step)
                 if metrics_file is not None:
@@ -336,8 +357,10 @@ def main(argv):
     finally:
         stop.restore()
         bar.close()
-        mngr.wait_until_finished()
-        mngr.close()
+        for m in (mngr, best_mngr):
+            if m is not None:
+                m.wait_until_finished()
+                m.close()
         if writer is not None:
             writer.close()
         if metrics_file is not None:

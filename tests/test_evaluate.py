@@ -45,11 +45,13 @@ def _finite_numbers(tree) -> list[float]:
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory) -> pathlib.Path:
-    """Two train steps of the `small` config through the real command line."""
+    """Two train steps of the `small` config through the real command line, with an
+    in-training Fréchet distance after each."""
     workdir = tmp_path_factory.mktemp("run")
     out = _run("experiments.train", "--config=small", f"--workdir={workdir}",
                "--config.num_train_steps=2", "--config.checkpoint_every=2",
-               "--config.sample_every=100", "--config.max_examples=256")
+               "--config.sample_every=100", "--config.max_examples=256",
+               "--config.eval_every=1", "--config.eval_episodes=8")
     assert out.returncode == 0, out.stderr[-4000:]
     return workdir
 
@@ -84,6 +86,21 @@ def test_command_line_evaluates_an_unconditional_run(trained_run):
     assert samples.size == (8 * 18 + 2, 18 + 2)  # 6 paintings of 16 px in a row of 8
 
 
+def test_the_best_checkpoint_is_kept_and_evaluated(trained_run):
+    records = [json.loads(line) for line in (trained_run / "metrics.jsonl").open()]
+    distances = {r["step"]: r["frechet_train"] for r in records if "frechet_train" in r}
+    assert sorted(distances) == [1, 2]
+    best = min(distances, key=distances.get)
+    kept = [p.name for p in (trained_run / "best_checkpoints").iterdir() if p.name.isdigit()]
+    assert kept == [str(best)]
+    out = _run("experiments.evaluate", f"--checkpoint={trained_run}/best_checkpoints/{best}",
+               f"--out={trained_run}/eval_best", "--num_episodes=8", "--batch_size=8",
+               "--gif_episodes=2", "--grid_samples=4")
+    assert out.returncode == 0, out.stderr[-4000:]
+    metrics = json.loads((trained_run / "eval_best" / "metrics.json").read_text())
+    assert metrics["step"] == best and metrics["checkpoint"] == f"best_checkpoints/{best}"
+
+
 def _conditional_run(workdir: pathlib.Path, step: int):
     """A conditional `small` run's config.json and a checkpoint at `step`, written as
     experiments.train writes them (no training: evaluate only needs the files)."""
@@ -114,8 +131,8 @@ def test_evaluate_conditional_run_with_baselines_and_references(tmp_path):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
     out_dir = tmp_path / "out"
-    workdir_, step_ = ev.resolve_run(None, str(workdir / "checkpoints" / "7"))
-    assert (workdir_, step_) == (workdir.resolve(), 7)
+    workdir_, step_, folder = ev.resolve_run(None, str(workdir / "checkpoints" / "7"))
+    assert (workdir_, step_, folder) == (workdir.resolve(), 7, "checkpoints")
     metrics = ev.evaluate(workdir_, step_, out_dir=out_dir, num_episodes=10, batch_size=4,
                           gif_episodes=2, grid_samples=4)
     assert metrics["conditional"] and metrics["step"] == 7 and metrics["num_episodes"] == 10
@@ -150,5 +167,7 @@ def test_bad_arguments_are_rejected(tmp_path):
         ev.resolve_run(str(tmp_path), None)
     with pytest.raises(ValueError, match="checkpoints/<step>"):
         ev.resolve_run(None, str(tmp_path))
+    with pytest.raises(ValueError, match="does not exist"):
+        ev.resolve_run(None, str(tmp_path / "best_checkpoints" / "3"))
     with pytest.raises(ValueError, match="num_episodes=0"):
         ev.evaluate(tmp_path, num_episodes=0)
