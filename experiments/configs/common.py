@@ -84,7 +84,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.keep_checkpoints = 3
     # Every eval_every steps (0 = never), the Fréchet distance between eval_episodes
     # paintings and as many *training* digits on the digit classifier's features
-    # (unconditional digit datasets only; `experiments.evaluate` uses held-out digits).
+    # (unconditional digit runs, ignored elsewhere; `experiments.evaluate` uses
+    # held-out digits). The checkpoint with the lowest is kept in best_checkpoints/.
     c.eval_every = 0
     c.eval_episodes = 500
     return c
