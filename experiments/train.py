@@ -82,11 +82,10 @@ from PIL import Image  # noqa: E402
 from tensorboardX import SummaryWriter  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from spiral_jax import datasets as data_lib  # noqa: E402
 from spiral_jax import digit_classifier  # noqa: E402
-from spiral_jax import metrics as metrics_lib  # noqa: E402
 from spiral_jax import train as train_lib  # noqa: E402
 from spiral_jax.image_grid import make_grid, save_grid  # noqa: E402
+from spiral_jax.sample_quality import FrechetToTrainingDigits  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", str(CONFIG_DIR / f"{DEFAULT_CONFIG}.py"), "Config name or file.", lock_config=True
@@ -164,33 +163,6 @@ def check_eval_config(config) -> bool:
             f"eval_episodes={config.eval_episodes} must be >= 2 for a Fréchet distance"
         )
     return True
-
-
-class FrechetToTrainingDigits:
-    """The Fréchet distance between the agent's paintings and as many training digits,
-    on the digit classifier's features: a sample-quality curve during training, which
-    leaves the held-out split to `experiments.evaluate`."""
-
-    def __init__(self, trainer: train_lib.Trainer, config):
-        env = trainer.env
-        train = data_lib.load(
-            config.dataset, "train", image_size=env.canvas_width, channels=env.channels,
-            data_dir=config.data_dir or None, max_examples=config.eval_episodes,
-        )
-        self.classifier = digit_classifier.load_default()
-        self.real_moments = metrics_lib.gaussian_moments(
-            self.classifier.features(train.as_float())
-        )
-        self._sample = trainer.make_sampler(config.eval_episodes)
-
-    def paint(self, params, key) -> np.ndarray:
-        return np.asarray(self._sample(params, key).final_canvas)
-
-    def __call__(self, params, key) -> float:
-        features = self.classifier.features(self.paint(params, key))
-        return metrics_lib.frechet_distance_from_moments(
-            *self.real_moments, *metrics_lib.gaussian_moments(features)
-        )
 
 
 class _GracefulStop:

@@ -222,14 +222,14 @@ def _train_cli(workdir, *extra, timeout=900):
 
 
 def test_frechet_to_training_digits_is_zero_for_the_training_digits(dataset):
-    from experiments import train as train_cli
     from spiral_jax import digit_classifier
     from spiral_jax import metrics as metrics_lib
+    from spiral_jax.sample_quality import FrechetToTrainingDigits
 
     config = small.get_config()
     config.eval_episodes = 64
     trainer = train.make_trainer(config, dataset=dataset)
-    frechet = train_cli.FrechetToTrainingDigits(trainer, config)
+    frechet = FrechetToTrainingDigits(trainer, config)
     train_digits = data_lib.load("mnist5k", "train", image_size=16, channels=1,
                                  max_examples=64).as_float()
     blank = np.ones_like(train_digits)
