@@ -45,6 +45,12 @@ all 7s by step 1,000. Hence 0.1: in 60 minutes (6,310 steps) it held its entropy
 about 2.1 and reached 359 against the random policy's 379 (1,000 episodes), diverse
 digit-weight scribbles rather than digits.
 
+Because the outcome swings so much, the run measures its Fréchet distance to training
+digits every 100 steps (`eval_every`, about 5 s each here) and keeps the best
+checkpoint. In a 35-minute run the distance went between about 300 and 1,500, and the
+best checkpoint (step 3,400) scored 276 on held-out digits against the random policy's
+379. The last checkpoint scored 484.
+
 For the conditional variant, see `mnist5k_conditional`.
 """
 
