@@ -46,7 +46,7 @@ about 2.1 and reached 359 against the random policy's 379 (1,000 episodes), dive
 digit-weight scribbles rather than digits.
 
 Because the outcome swings so much, the run measures its Fréchet distance to training
-digits every 100 steps (`eval_every`, about 5 s each here) and keeps the best
+digits every 100 steps (`eval_every`, about 1.2 s each here) and keeps the best
 checkpoint. In a 35-minute run the distance went between about 300 and 1,500, and the
 best checkpoint (step 3,400) scored 276 on held-out digits against the random policy's
 379. The last checkpoint scored 484.
