@@ -53,8 +53,7 @@ from spiral_jax import digit_classifier
 from spiral_jax import metrics as metrics_lib
 from spiral_jax import train as train_lib
 from spiral_jax.image_grid import make_grid
-
-DIGIT_DATASETS = digit_classifier.DATASETS
+from spiral_jax.sample_quality import BEST_CHECKPOINTS
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training run's directory.")
 _CHECKPOINT = flags.DEFINE_string(
@@ -79,7 +78,7 @@ _MAX_REFERENCE_TRAIN = 5000  # training images for the references (all of mnist5
 # Loading a run.
 
 
-CHECKPOINT_FOLDERS = ("checkpoints", "best_checkpoints")
+CHECKPOINT_FOLDERS = ("checkpoints", BEST_CHECKPOINTS)
 """A run's checkpoint folders: the latest few, and the best by in-training Fréchet
 distance (`experiments.train`, `eval_every`)."""
 
@@ -289,7 +288,7 @@ def evaluate(workdir: pathlib.Path, step: int | None = None, *, out_dir: pathlib
     n = num_episodes if not config.conditional else min(num_episodes, len(heldout.images))
     real = heldout.as_float()[:n]
     labels = heldout.labels[:n] if heldout.num_classes else None
-    is_digits = config.dataset in DIGIT_DATASETS
+    is_digits = config.dataset in digit_classifier.DATASETS
     if is_digits and not config.conditional and n < 2:
         raise ValueError(f"num_episodes={n}: a Fréchet distance needs at least 2 episodes")
     classifier = digit_classifier.load_default() if is_digits else None

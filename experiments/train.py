@@ -85,7 +85,7 @@ from tqdm import tqdm  # noqa: E402
 from spiral_jax import digit_classifier  # noqa: E402
 from spiral_jax import train as train_lib  # noqa: E402
 from spiral_jax.image_grid import make_grid, save_grid  # noqa: E402
-from spiral_jax.sample_quality import FrechetToTrainingDigits  # noqa: E402
+from spiral_jax.sample_quality import BEST_CHECKPOINTS, FrechetToTrainingDigits  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", str(CONFIG_DIR / f"{DEFAULT_CONFIG}.py"), "Config name or file.", lock_config=True
@@ -100,8 +100,6 @@ _MAX_MINUTES = flags.DEFINE_float(
     "invocation, compilation included; 0 = no limit. For time-boxed CPU results.",
 )
 _NUM_SAMPLES = 16
-BEST_CHECKPOINTS = "best_checkpoints"
-"""Workdir folder of the checkpoint with the best in-training Fréchet distance."""
 
 
 def _default_workdir(config) -> pathlib.Path:
@@ -258,6 +256,15 @@ def main(argv):
     metrics_path = workdir / "metrics.jsonl"
     minutes_before = _minutes_trained(metrics_path, start_step)
     metrics_file = open(metrics_path, "a") if is_chief else None  # noqa: SIM115
+
+    def log_record(step: int, now: float, values: dict[str, float]) -> None:
+        """Appends one metrics.jsonl line (chief only), flushed so a kill loses none."""
+        if metrics_file is not None:
+            record = {"step": step, "frames": step * frames,
+                      "minutes": minutes_before + (now - t_start) / 60.0, **values}
+            metrics_file.write(json.dumps(record) + "\n")
+            metrics_file.flush()
+
     stop = _GracefulStop()
     t_start = time.perf_counter()
     deadline = t_start + 60.0 * _MAX_MINUTES.value if _MAX_MINUTES.value > 0 else None
@@ -293,11 +300,7 @@ def main(argv):
                     for k, v in metrics.items():
                         writer.add_scalar(f"train/{k}", v, step)
                     writer.add_scalar("train/frames", step * frames, step)
-                if metrics_file is not None:
-                    record = {"step": step, "frames": step * frames,
-                              "minutes": minutes_before + (now - t_start) / 60.0, **metrics}
-                    metrics_file.write(json.dumps(record) + "\n")
-                    metrics_file.flush()
+                log_record(step, now, metrics)
                 if not all(np.isfinite(v) for v in metrics.values()):
                     raise FloatingPointError(f"non-finite metrics at step {step}: {metrics}")
             if frechet is not None and (
@@ -307,17 +310,12 @@ def main(argv):
                 distance = frechet(state.policy_params, jax.random.fold_in(eval_key, step))
                 last_time += time.perf_counter() - t_eval  # frames/s counts training only
                 eval_postfix["FD"] = f"{distance:.0f}"
-                if best_mngr is not None:  # saved, then dropped unless the best so far
-                    best_mngr.save(step, args=ocp.args.StandardSave(state),
-                                   metrics={"frechet_train": distance})
+                # Saved, then dropped unless it is the best so far.
+                best_mngr.save(step, args=ocp.args.StandardSave(state),
+                               metrics={"frechet_train": distance})
                 if writer is not None:
                     writer.add_scalar("eval/frechet_train", distance, step)
-                if metrics_file is not None:
-                    record = {"step": step, "frames": step * frames,
-                              "minutes": minutes_before + (time.perf_counter() - t_start) / 60.0,
-                              "frechet_train": distance}
-                    metrics_file.write(json.dumps(record) + "\n")
-                    metrics_file.flush()
+                log_record(step, time.perf_counter(), {"frechet_train": distance})
             if step % config.sample_every == 0 or step == config.num_train_steps:
                 key = jax.random.fold_in(sample_key, step)
                 grid = _sample_grid(trainer, state, key, fixed_targets)

@@ -12,6 +12,10 @@ from spiral_jax import digit_classifier
 from spiral_jax import metrics as metrics_lib
 from spiral_jax import train as train_lib
 
+BEST_CHECKPOINTS = "best_checkpoints"
+"""Workdir folder where `experiments.train` keeps the checkpoint with the lowest
+in-training Fréchet distance."""
+
 
 class FrechetToTrainingDigits:
     """The Fréchet distance between the agent's paintings and as many training digits,

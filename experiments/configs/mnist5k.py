@@ -47,7 +47,7 @@ digit-weight scribbles rather than digits.
 
 Because the outcome swings so much, the run measures its Fréchet distance to training
 digits every 100 steps (`eval_every`, about 1.2 s each here) and keeps the best
-checkpoint. In a 35-minute run the distance went between about 300 and 1,500, and the
+checkpoint. In a 35-minute run the distance went between 275 and 1,580, and the
 best checkpoint (step 3,400) scored 276 on held-out digits against the random policy's
 379. The last checkpoint scored 484.
 
