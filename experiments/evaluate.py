@@ -48,6 +48,7 @@ import orbax.checkpoint as ocp
 from absl import app, flags, logging
 from PIL import Image
 
+from spiral_jax import checkpoints as checkpoints_lib
 from spiral_jax import datasets as data_lib
 from spiral_jax import digit_classifier
 from spiral_jax import metrics as metrics_lib
@@ -128,9 +129,9 @@ def restore_state(trainer: train_lib.Trainer, workdir: pathlib.Path, step: int |
             step = max(steps)
         elif step not in steps:
             raise ValueError(f"no checkpoint for step {step}; available: {sorted(steps)}")
-        state = trainer.init(jax.random.PRNGKey(config.seed))
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-        state = mngr.restore(step, args=ocp.args.StandardRestore(abstract))
+        state = checkpoints_lib.restore_state(
+            mngr, step, trainer.init(jax.random.PRNGKey(config.seed))
+        )
     finally:
         mngr.close()
     return state, step
@@ -296,14 +297,21 @@ def evaluate(workdir: pathlib.Path, step: int | None = None, *, out_dir: pathlib
     key = jax.random.PRNGKey(seed)
     k_agent, k_random, k_train = jax.random.split(key, 3)
     targets = real if config.conditional else None
-    agent, strokes, frames = paint(trainer, state.policy_params, k_agent, n, batch_size,
+    # With an average of the parameters kept, "agent" is the average and "agent_online"
+    # the parameters the learner last reached, painted with the same key.
+    agent, strokes, frames = paint(trainer, state.eval_params, k_agent, n, batch_size,
                                    targets, keep_trajectory=gif_episodes)
-    greedy, greedy_strokes, _ = paint(trainer, state.policy_params, k_agent, n, batch_size,
+    greedy, greedy_strokes, _ = paint(trainer, state.eval_params, k_agent, n, batch_size,
                                       targets, greedy=True)
     blank = np.ones_like(agent)
     random_policy = paint_random(env, k_random, n, batch_size)
     painters = {"agent": agent, "agent_greedy": greedy, "blank_canvas": blank,
                 "random_policy": random_policy}
+    agent_rows = ["agent", "agent_greedy"]
+    if state.policy_ema is not None:
+        painters["agent_online"], _, _ = paint(trainer, state.policy_params, k_agent, n,
+                                               batch_size, targets)
+        agent_rows.append("agent_online")
 
     result: dict[str, Any] = {
         "workdir": str(workdir),
@@ -318,6 +326,8 @@ def evaluate(workdir: pathlib.Path, step: int | None = None, *, out_dir: pathlib
         "seed": seed,
         "agent_paint_steps": float(np.mean(strokes)),
         "agent_greedy_paint_steps": float(np.mean(greedy_strokes)),
+        "agent_params": (f"moving average (decay {train_lib.ema_decay(config)})"
+                         if state.policy_ema is not None else "online"),
     }
     if classifier is not None:
         result["classifier"] = {
@@ -347,8 +357,7 @@ def evaluate(workdir: pathlib.Path, step: int | None = None, *, out_dir: pathlib
                 real, s * size / 28
             )
         rows = conditional_metrics({**painters, **references}, real, labels, classifier)
-        result["agent"] = rows.pop("agent")
-        result["agent_greedy"] = rows.pop("agent_greedy")
+        result.update({k: rows.pop(k) for k in agent_rows})
         result["baselines"] = {k: rows.pop(k) for k in ("blank_canvas", "random_policy")}
         result["references"] = rows
     elif classifier is not None:
@@ -358,15 +367,13 @@ def evaluate(workdir: pathlib.Path, step: int | None = None, *, out_dir: pathlib
             jax.random.choice(k_train, len(train.images), (count,), replace=False)))
         references = {"real_train_images": train.as_float()[pick]}
         rows = unconditional_metrics({**painters, **references}, real, classifier)
-        result["agent"] = rows.pop("agent")
-        result["agent_greedy"] = rows.pop("agent_greedy")
+        result.update({k: rows.pop(k) for k in agent_rows})
         result["baselines"] = {k: rows.pop(k) for k in ("blank_canvas", "random_policy")}
         result["references"] = rows
         result["num_real"] = int(len(real))
     else:
         logging.warning("no classifier for dataset %s: only ink is reported", config.dataset)
-        result["agent"] = {"ink": _ink(agent)}
-        result["agent_greedy"] = {"ink": _ink(greedy)}
+        result.update({k: {"ink": _ink(painters[k])} for k in agent_rows})
         result["baselines"] = {
             k: {"ink": _ink(v)} for k, v in painters.items() if not k.startswith("agent")
         }
@@ -392,6 +399,8 @@ def format_table(result: dict[str, Any]) -> str:
     rows = [("agent (sampled actions)", result["agent"])]
     if "agent_greedy" in result:
         rows.append(("agent (greedy actions)", result["agent_greedy"]))
+    if "agent_online" in result:
+        rows.append(("agent, online params", result["agent_online"]))
     rows += [(f"baseline: {k}", v) for k, v in result["baselines"].items()]
     rows += [(f"reference: {k}", v) for k, v in result["references"].items()]
     if result["conditional"]:
@@ -413,6 +422,8 @@ def format_table(result: dict[str, Any]) -> str:
             f", step {result['step']}, {result['num_episodes']} held-out episodes"
             f" ({result['split']} split), canvas {result['canvas'][0]}, "
             f"{result['agent_paint_steps']:.1f} paint steps / episode")
+    if result.get("agent_params", "online") != "online":
+        head += f"\nagent: the {result['agent_params']} of its parameters"
     if not result["conditional"] and "frechet_distance" in result["agent"]:
         head += "\nFréchet distance to held-out real digits on the digit classifier's features"
     return head + "\n" + "\n".join(lines)

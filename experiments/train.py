@@ -82,6 +82,7 @@ from PIL import Image  # noqa: E402
 from tensorboardX import SummaryWriter  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from spiral_jax import checkpoints as checkpoints_lib  # noqa: E402
 from spiral_jax import digit_classifier  # noqa: E402
 from spiral_jax import train as train_lib  # noqa: E402
 from spiral_jax.image_grid import make_grid, save_grid  # noqa: E402
@@ -131,7 +132,7 @@ def _write_config(workdir: pathlib.Path, config) -> None:
 
 
 def _sample_grid(trainer, state, key, targets=None) -> np.ndarray:
-    traj = trainer.make_sampler(_NUM_SAMPLES)(state.policy_params, key, targets)
+    traj = trainer.make_sampler(_NUM_SAMPLES)(state.eval_params, key, targets)
     canvases = np.asarray(traj.final_canvas)
     if targets is None:
         return make_grid(canvases, ncols=8)
@@ -226,8 +227,7 @@ def main(argv):
     state = trainer.init(jax.random.PRNGKey(config.seed))
     latest = mngr.latest_step()
     if latest is not None:
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-        state = mngr.restore(latest, args=ocp.args.StandardRestore(abstract))
+        state = checkpoints_lib.restore_state(mngr, latest, state)
         logging.info("resumed from step %d in %s", latest, workdir)
         print(f"resumed from step {latest} ({workdir / 'checkpoints'})")
     if is_chief:
@@ -307,15 +307,19 @@ def main(argv):
                 step % config.eval_every == 0 or step == config.num_train_steps
             ):
                 t_eval = time.perf_counter()
-                distance = frechet(state.policy_params, jax.random.fold_in(eval_key, step))
+                k_eval = jax.random.fold_in(eval_key, step)
+                distances = {"frechet_train": frechet(state.eval_params, k_eval)}
+                if state.policy_ema is not None:  # what the average adds, side by side
+                    distances["frechet_train_online"] = frechet(state.policy_params, k_eval)
                 last_time += time.perf_counter() - t_eval  # frames/s counts training only
-                eval_postfix["FD"] = f"{distance:.0f}"
+                eval_postfix["FD"] = f"{distances['frechet_train']:.0f}"
                 # Saved, then dropped unless it is the best so far.
                 best_mngr.save(step, args=ocp.args.StandardSave(state),
-                               metrics={"frechet_train": distance})
+                               metrics={"frechet_train": distances["frechet_train"]})
                 if writer is not None:
-                    writer.add_scalar("eval/frechet_train", distance, step)
-                log_record(step, time.perf_counter(), {"frechet_train": distance})
+                    for name, distance in distances.items():
+                        writer.add_scalar(f"eval/{name}", distance, step)
+                log_record(step, time.perf_counter(), distances)
             if step % config.sample_every == 0 or step == config.num_train_steps:
                 key = jax.random.fold_in(sample_key, step)
                 grid = _sample_grid(trainer, state, key, fixed_targets)

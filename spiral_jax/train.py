@@ -59,6 +59,13 @@ class TrainState(struct.PyTreeNode):
     disc_spectral: Any  # power-iteration statistics of a spectral-norm D, else None
     disc_opt_state: Any
     replay: replay_lib.Replay
+    # Exponential moving average of policy_params (learner.ema_decay > 0), else None.
+    policy_ema: Any = None
+
+    @property
+    def eval_params(self) -> Any:
+        """The policy parameters to sample and evaluate with: the average if kept."""
+        return self.policy_params if self.policy_ema is None else self.policy_ema
 
 
 # ------------------------------------------------------------------------------------
@@ -128,11 +135,25 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
         raise ValueError(f"reward.scale={config.reward.scale!r} must be > 0")
     if not 0.0 <= config.reward.discount <= 1.0:
         raise ValueError(f"reward.discount={config.reward.discount!r} must be in [0, 1]")
+    if not 0.0 <= ema_decay(config) < 1.0:
+        raise ValueError(
+            f"learner.ema_decay={ema_decay(config)!r} must be in [0, 1) (0 = no average)"
+        )
     if config.disc.updates_per_step < 0 or config.disc.replay_batches < 1:
         raise ValueError(
             f"disc.updates_per_step={config.disc.updates_per_step} must be >= 0 and "
             f"disc.replay_batches={config.disc.replay_batches} >= 1"
         )
+
+
+def ema_decay(config: ml_collections.ConfigDict) -> float:
+    """learner.ema_decay, 0 for runs whose config.json predates it."""
+    return float(config.learner.get("ema_decay", 0.0))
+
+
+def update_ema(average: Any, params: Any, decay: float) -> Any:
+    """`decay * average + (1 - decay) * params`, leaf by leaf."""
+    return jax.tree.map(lambda a, p: decay * a + (1.0 - decay) * p, average, params)
 
 
 def _adam(cfg: ml_collections.ConfigDict, clip: float | None) -> optax.GradientTransformation:
@@ -215,6 +236,10 @@ class Trainer:
             disc_spectral=spectral,
             disc_opt_state=self.disc_opt.init(disc_params),
             replay=replay,
+            # A copy: the train step donates the state, and one buffer cannot be donated
+            # twice.
+            policy_ema=(jax.tree.map(jnp.copy, policy_params)
+                        if ema_decay(self.config) > 0 else None),
         )
         return self.place(state)
 
@@ -431,6 +456,9 @@ class Trainer:
             passes_metrics.append(m)
         policy_params, policy_opt_state = carry
         policy_metrics = passes_metrics[0]
+        policy_ema = state.policy_ema
+        if policy_ema is not None:
+            policy_ema = update_ema(policy_ema, policy_params, ema_decay(config))
 
         replay = replay_lib.add(state.replay, traj.final_canvas, targets)
         disc_metrics = {}
@@ -463,6 +491,7 @@ class Trainer:
             disc_spectral=disc_spectral,
             disc_opt_state=disc_opt_state,
             replay=replay,
+            policy_ema=policy_ema,
         )
         return new_state, metrics
 

@@ -101,15 +101,18 @@ def test_the_best_checkpoint_is_kept_and_evaluated(trained_run):
     assert metrics["step"] == best and metrics["checkpoint"] == f"best_checkpoints/{best}"
 
 
-def _conditional_run(workdir: pathlib.Path, step: int):
+def _conditional_run(workdir: pathlib.Path, step: int, ema_decay: float = 0.0):
     """A conditional `small` run's config.json and a checkpoint at `step`, written as
     experiments.train writes them (no training: evaluate only needs the files)."""
     config = small.get_config()
     config.conditional = True
     config.reward.kind = "l2"
     config.max_examples = 64
+    config.learner.ema_decay = ema_decay
     trainer = train_lib.make_trainer(config)
     state = trainer.init(jax.random.PRNGKey(1)).replace(step=np.int32(step))
+    if ema_decay:  # an average unlike the parameters, as after training
+        state = state.replace(policy_ema=trainer.init(jax.random.PRNGKey(2)).policy_params)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True))
     mngr = ocp.CheckpointManager((workdir / "checkpoints").resolve(),
@@ -158,6 +161,30 @@ def test_evaluate_conditional_run_with_baselines_and_references(tmp_path):
     samples = Image.open(out_dir / "samples.png")
     assert samples.size == (8 * 18 + 2, 18 + 2)  # 4 (target, painting) pairs in a row
     assert "MSE / blank" in ev.format_table(metrics)
+
+
+def test_a_run_with_a_policy_average_is_evaluated_with_it(tmp_path):
+    workdir = tmp_path / "ema"
+    trainer, saved = _conditional_run(workdir, step=3, ema_decay=0.9)
+    restored, _ = ev.restore_state(trainer, workdir, None)
+    for a, b in zip(jax.tree.leaves(saved.policy_ema), jax.tree.leaves(restored.eval_params),
+                    strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    kwargs = dict(num_episodes=6, batch_size=6, gif_episodes=1, grid_samples=2)
+    metrics = ev.evaluate(workdir, out_dir=tmp_path / "out", **kwargs)
+    assert metrics["agent_params"] == "moving average (decay 0.9)"
+    # The learner's own parameters are painted beside it, with the same key: an average
+    # made of the parameters themselves must score exactly the same.
+    assert metrics["agent_online"]["relative_mse"] != metrics["agent"]["relative_mse"]
+    ema_state = saved.replace(policy_ema=saved.policy_params)
+    mngr = ocp.CheckpointManager((workdir / "checkpoints").resolve())
+    mngr.save(4, args=ocp.args.StandardSave(ema_state))
+    mngr.wait_until_finished()
+    mngr.close()
+    same = ev.evaluate(workdir, 4, out_dir=tmp_path / "out4", **kwargs)
+    assert same["agent_online"] == same["agent"]
+    assert "online params" in ev.format_table(same)
+    assert "moving average (decay 0.9)" in ev.format_table(same)
 
 
 def test_bad_arguments_are_rejected(tmp_path):

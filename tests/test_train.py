@@ -125,6 +125,39 @@ def test_bad_configs_fail_before_compiling(dataset):
         train.make_trainer(config, dataset=dataset)
 
 
+def test_policy_average_follows_its_update_rule(dataset):
+    config = small.get_config()
+    config.learner.ema_decay = 0.75
+    trainer = train.make_trainer(config, dataset=dataset)
+    state = trainer.init(jax.random.PRNGKey(0))
+    step = trainer.make_train_step()
+    f64 = lambda tree: [np.asarray(x, np.float64) for x in jax.tree.leaves(tree)]  # noqa: E731
+    # The average starts at the initial parameters.
+    for a, p in zip(f64(state.policy_ema), f64(state.policy_params), strict=True):
+        np.testing.assert_array_equal(a, p)
+    for i in range(2):
+        average = f64(state.policy_ema)
+        state, _ = step(state, jax.random.PRNGKey(i))
+        expected = [0.75 * a + 0.25 * p for a, p in zip(average, f64(state.policy_params),
+                                                        strict=True)]
+        got = f64(state.eval_params)
+        assert any(not np.allclose(g, p) for g, p in zip(got, f64(state.policy_params),
+                                                          strict=True))
+        for g, e in zip(got, expected, strict=True):
+            np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-7)
+    # Without an average, nothing is kept and the learner's parameters are evaluated.
+    plain = train.make_trainer(small.get_config(), dataset=dataset).init(jax.random.PRNGKey(0))
+    assert plain.policy_ema is None and plain.eval_params is plain.policy_params
+
+
+@pytest.mark.parametrize("decay", [1.0, -0.1])
+def test_impossible_average_decay_is_rejected(dataset, decay):
+    config = small.get_config()
+    config.learner.ema_decay = decay
+    with pytest.raises(ValueError, match=r"learner.ema_decay=.*must be in \[0, 1\)"):
+        train.make_trainer(config, dataset=dataset)
+
+
 def test_normalized_entropy_weighs_each_part_by_its_largest_entropy(dataset):
     config = small.get_config()
     trainer = train.make_trainer(config, dataset=dataset)

@@ -68,6 +68,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.learner.normalize_entropy = False
     c.learner.baseline_cost = 0.5
     c.learner.max_grad_norm = 40.0
+    # Keep an exponential moving average of the policy's parameters with this decay,
+    # and sample, evaluate and pick the best checkpoint with it (0 = none): averaging
+    # damps a generator's oscillation in adversarial games (Yazici et al., 2019).
+    c.learner.ema_decay = 0.0
     c.learner.passes = 1  # policy updates per rollout (V-trace corrects the lag)
     c.learner.clip_rho_threshold = 1.0
     c.learner.clip_pg_rho_threshold = 1.0

@@ -77,6 +77,7 @@ def get_config():
     c.reward.standardize_d = True
     c.learner.learning_rate = 3e-4
     c.learner.entropy_cost = 0.1
+    c.learner.ema_decay = 0.998  # sample, evaluate and pick checkpoints with the average
     c.learner.normalize_entropy = True
     c.learner.passes = 2
     c.batch_size = 32

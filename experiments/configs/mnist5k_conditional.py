@@ -32,6 +32,7 @@ def get_config():
     c.reward.l2_pools = (1, 2, 4, 8)
     c.reward.scale = 5.0
     c.learner.entropy_cost = 0.01
+    c.learner.ema_decay = 0.995
     # D gives no reward here: SPIRAL's single critic update per step keeps its metrics
     # at a fifth of the unconditional config's cost.
     c.disc.updates_per_step = 1
