@@ -5,11 +5,11 @@ r"""Learning curves from training runs' `metrics.jsonl` files, as one PNG.
 
 `experiments.train` writes every logged scalar to `<workdir>/metrics.jsonl` (one JSON
 object per line, with `step`, `frames` and `minutes` of training). Each metric gets
-its own panel, plotted against training minutes (or `--x=step` / `--x=frames`); several
-runs share the panels, labelled by `--labels` or by their directory names. Lines are
-smoothed by an exponential moving average (`--smoothing`, 0 = raw), with the raw values
-drawn faintly behind. A resumed run appends to the same file: where steps repeat, the
-later record wins.
+its own panel (`a+b` overlays metrics a and b in one), plotted against training
+minutes (or `--x=step` / `--x=frames`); several runs share the panels, labelled by
+`--labels` or by their directory names. Lines are smoothed by an exponential moving
+average (`--smoothing`, 0 = raw), with the raw values drawn faintly behind. A resumed
+run appends to the same file: where steps repeat, the later record wins.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from spiral_jax import learning_curves
 _RUNS = flags.DEFINE_list("runs", None, "Training workdirs (each with metrics.jsonl).")
 _LABELS = flags.DEFINE_list("labels", None, "Legend labels, one per run (default: dir names).")
 _METRICS = flags.DEFINE_list(
-    "metrics", ["episode_return"], "Metrics to plot, one panel each (keys of metrics.jsonl)."
+    "metrics", ["episode_return"],
+    "Metrics to plot, one panel each (keys of metrics.jsonl; a+b: both in one panel).",
 )
 _X = flags.DEFINE_enum("x", "minutes", ["minutes", "step", "frames"], "Horizontal axis.")
 _SMOOTHING = flags.DEFINE_float("smoothing", 0.9, "EMA weight of the past, in [0, 1).")

@@ -76,8 +76,11 @@ def plot(
 
     hlines = hlines or {}
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.3), squeeze=False)
-    for ax, metric in zip(axes[0], metrics, strict=True):
-        for i, (label, records) in enumerate(runs.items()):
+    for ax, panel in zip(axes[0], metrics, strict=True):
+        # "a+b" overlays metrics a and b in one panel (a line per run and metric).
+        names = panel.split("+")
+        lines = [(label, records, name) for label, records in runs.items() for name in names]
+        for i, (label, records, metric) in enumerate(lines):
             rows = [r for r in records if metric in r and x in r]
             if not rows:
                 raise ValueError(
@@ -87,17 +90,19 @@ def plot(
             xs = np.array([r[x] for r in rows], float)
             ys = np.array([r[metric] for r in rows], float)
             color = f"C{i}"
+            name = label if len(names) == 1 else (
+                metric if len(runs) == 1 else f"{label}: {metric}")
             if smoothing > 0:
                 ax.plot(xs, ys, color=color, alpha=0.2, lw=0.8)
             ax.plot(
-                xs, ema(ys, smoothing) if smoothing > 0 else ys, color=color, lw=1.6, label=label
+                xs, ema(ys, smoothing) if smoothing > 0 else ys, color=color, lw=1.6, label=name
             )
-        for j, (value, text) in enumerate(hlines.get(metric, [])):
+        for j, (value, text) in enumerate(hlines.get(panel, [])):
             ax.axhline(value, color="0.3", ls=("--", ":", "-.")[j % 3], lw=1, label=text)
-        ax.set_title(metric)
+        ax.set_title(panel.replace("+", " and "))
         ax.set_xlabel(X_LABELS[x])
         ax.grid(alpha=0.3)
-        if len(runs) > 1 or hlines.get(metric):
+        if len(lines) > 1 or hlines.get(panel):
             ax.legend(fontsize=8)
     if title:
         fig.suptitle(title)

@@ -57,3 +57,21 @@ def test_plot_writes_one_panel_per_metric_and_rejects_missing_metrics(tmp_path):
         LC.plot(runs, ["nope"], "minutes", 0.5, out)
     with pytest.raises(ValueError, match="METRIC:VALUE:LABEL"):
         LC.parse_hlines(["l2:0.5"])
+
+
+def _has_colour(image: np.ndarray, rgb: tuple[int, int, int]) -> bool:
+    return bool(np.any(np.all(np.abs(image[..., :3].astype(int) - rgb) <= 8, axis=-1)))
+
+
+def test_a_plus_overlays_metrics_in_one_panel(tmp_path):
+    runs = {"a": [{"step": s, "minutes": s / 10, "fd": 300.0 + s, "fd_online": 900.0 - s}
+                  for s in range(1, 30)]}
+    single, overlaid = tmp_path / "single.png", tmp_path / "overlaid.png"
+    LC.plot(runs, ["fd"], "step", 0.0, single)
+    LC.plot(runs, ["fd+fd_online"], "step", 0.0, overlaid)
+    one, both = np.asarray(Image.open(single)), np.asarray(Image.open(overlaid))
+    assert one.shape == both.shape  # one panel either way
+    orange = (0xFF, 0x7F, 0x0E)  # matplotlib's second line colour
+    assert _has_colour(both, orange) and not _has_colour(one, orange)
+    with pytest.raises(ValueError, match="has no 'nope'"):
+        LC.plot(runs, ["fd+nope"], "step", 0.0, overlaid)
