@@ -146,7 +146,8 @@ def test_policy_average_follows_its_update_rule(dataset):
         for g, e in zip(got, expected, strict=True):
             np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-7)
     # Without an average, nothing is kept and the learner's parameters are evaluated.
-    plain = train.make_trainer(small.get_config(), dataset=dataset).init(jax.random.PRNGKey(0))
+    config.learner.ema_decay = 0.0
+    plain = train.make_trainer(config, dataset=dataset).init(jax.random.PRNGKey(0))
     assert plain.policy_ema is None and plain.eval_params is plain.policy_params
 
 
