@@ -17,7 +17,9 @@ Loads `<workdir>/config.json` and the latest (or the given) checkpoint, paints
 * `metrics.json`: the numbers printed as a table.
 
 Metrics (see `spiral_jax.metrics`), all on the dataset's held-out split, for the agent
-as trained (sampling its actions) and greedy:
+as trained (sampling its actions) and greedy. A run that keeps a moving average of the
+policy's parameters (`learner.ema_decay`) is evaluated with the average, and the
+learner's own parameters are painted beside it (`agent_online`, sampled actions):
 
 * conditional: mean squared error to the target, as a fraction of a blank canvas's
   (`relative_mse`), for the agent and, measured in the same run, a blank canvas, a
