@@ -71,7 +71,11 @@ def test_command_line_evaluates_an_unconditional_run(trained_run):
     assert numbers and all(math.isfinite(x) for x in numbers)
     assert (eval_dir / "samples_greedy.png").exists()
     assert "agent (greedy actions)" in out.stdout
-    for row in [metrics["agent"], metrics["agent_greedy"], *metrics["baselines"].values()]:
+    # `small` keeps a parameter average (as mnist5k does): the online parameters too.
+    assert metrics["agent_params"] == "moving average (decay 0.998)"
+    assert "agent, online params" in out.stdout and "agent_online" in metrics
+    for row in [metrics["agent"], metrics["agent_greedy"], metrics["agent_online"],
+                *metrics["baselines"].values()]:
         assert row["frechet_distance"] >= 0 and 0 <= row["confident_fraction"] <= 1
         assert 0 <= row["class_entropy"] <= math.log(10) + 1e-9
     assert metrics["baselines"]["blank_canvas"]["ink"] == 0.0
@@ -90,6 +94,8 @@ def test_the_best_checkpoint_is_kept_and_evaluated(trained_run):
     records = [json.loads(line) for line in (trained_run / "metrics.jsonl").open()]
     distances = {r["step"]: r["frechet_train"] for r in records if "frechet_train" in r}
     assert sorted(distances) == [1, 2]
+    online = {r["step"] for r in records if "frechet_train_online" in r}
+    assert online == {1, 2}
     best = min(distances, key=distances.get)
     kept = [p.name for p in (trained_run / "best_checkpoints").iterdir() if p.name.isdigit()]
     assert kept == [str(best)]
