@@ -151,11 +151,6 @@ def ema_decay(config: ml_collections.ConfigDict) -> float:
     return float(config.learner.get("ema_decay", 0.0))
 
 
-def update_ema(average: Any, params: Any, decay: float) -> Any:
-    """`decay * average + (1 - decay) * params`, leaf by leaf."""
-    return jax.tree.map(lambda a, p: decay * a + (1.0 - decay) * p, average, params)
-
-
 def _adam(cfg: ml_collections.ConfigDict, clip: float | None) -> optax.GradientTransformation:
     adam = optax.adam(cfg.learning_rate, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
     return optax.chain(optax.clip_by_global_norm(clip), adam) if clip else adam
@@ -458,7 +453,10 @@ class Trainer:
         policy_metrics = passes_metrics[0]
         policy_ema = state.policy_ema
         if policy_ema is not None:
-            policy_ema = update_ema(policy_ema, policy_params, ema_decay(config))
+            # decay * average + (1 - decay) * params (Polyak averaging).
+            policy_ema = optax.incremental_update(
+                policy_params, policy_ema, 1.0 - ema_decay(config)
+            )
 
         replay = replay_lib.add(state.replay, traj.final_canvas, targets)
         disc_metrics = {}
