@@ -19,7 +19,8 @@ Loads `<workdir>/config.json` and the latest (or the given) checkpoint, paints
 Metrics (see `spiral_jax.metrics`), all on the dataset's held-out split, for the agent
 as trained (sampling its actions) and greedy. A run that keeps a moving average of the
 policy's parameters (`learner.ema_decay`) is evaluated with the average, and the
-learner's own parameters are painted beside it (`agent_online`, sampled actions):
+learner's own parameters are painted beside it (`agent_online` sampling its actions,
+`agent_online_greedy` greedy):
 
 * conditional: mean squared error to the target, as a fraction of a blank canvas's
   (`relative_mse`), for the agent and, measured in the same run, a blank canvas, a
@@ -313,7 +314,9 @@ def evaluate(workdir: pathlib.Path, step: int | None = None, *, out_dir: pathlib
     if state.policy_ema is not None:
         painters["agent_online"], _, _ = paint(trainer, state.policy_params, k_agent, n,
                                                batch_size, targets)
-        agent_rows.append("agent_online")
+        painters["agent_online_greedy"], _, _ = paint(trainer, state.policy_params, k_agent,
+                                                      n, batch_size, targets, greedy=True)
+        agent_rows += ["agent_online", "agent_online_greedy"]
 
     result: dict[str, Any] = {
         "workdir": str(workdir),
@@ -403,6 +406,8 @@ def format_table(result: dict[str, Any]) -> str:
         rows.append(("agent (greedy actions)", result["agent_greedy"]))
     if "agent_online" in result:
         rows.append(("agent, online params", result["agent_online"]))
+    if "agent_online_greedy" in result:
+        rows.append(("agent, online, greedy", result["agent_online_greedy"]))
     rows += [(f"baseline: {k}", v) for k, v in result["baselines"].items()]
     rows += [(f"reference: {k}", v) for k, v in result["references"].items()]
     if result["conditional"]:

@@ -74,8 +74,9 @@ def test_command_line_evaluates_an_unconditional_run(trained_run):
     # `small` keeps a parameter average (as mnist5k does): the online parameters too.
     assert metrics["agent_params"] == "moving average (decay 0.998)"
     assert "agent, online params" in out.stdout and "agent_online" in metrics
+    assert "agent, online, greedy" in out.stdout
     for row in [metrics["agent"], metrics["agent_greedy"], metrics["agent_online"],
-                *metrics["baselines"].values()]:
+                metrics["agent_online_greedy"], *metrics["baselines"].values()]:
         assert row["frechet_distance"] >= 0 and 0 <= row["confident_fraction"] <= 1
         assert 0 <= row["class_entropy"] <= math.log(10) + 1e-9
     assert metrics["baselines"]["blank_canvas"]["ink"] == 0.0
@@ -189,6 +190,7 @@ def test_a_run_with_a_policy_average_is_evaluated_with_it(tmp_path):
     mngr.close()
     same = ev.evaluate(workdir, 4, out_dir=tmp_path / "out4", **kwargs)
     assert same["agent_online"] == same["agent"]
+    assert same["agent_online_greedy"] == same["agent_greedy"]
     assert "online params" in ev.format_table(same)
     assert "moving average (decay 0.9)" in ev.format_table(same)
 
