@@ -2,7 +2,7 @@ r"""How close the JAX brush is to libmypaint: mean absolute errors and a picture
 
     python -m experiments.compare_libmypaint --out=docs/images/libmypaint_vs_jax.png
 
-Renders the episodes of the fixtures in `../shared/fixtures` (or of `--episodes_dir`,
+Renders the episodes of the test fixtures in `tests/fixtures` (or of `--episodes_dir`,
 files in the same format, e.g. written by `experiments.make_libmypaint_episodes`) with
 the JAX environment and prints the final-canvas and per-step mean absolute error
 against libmypaint, beside a blank canvas and, for the jittered brush, libmypaint's
@@ -25,7 +25,7 @@ from absl import app, flags
 from spiral_jax.envs.libmypaint import ACTION_NAMES, LibMyPaint, play
 from spiral_jax.image_grid import save_grid
 
-_DEFAULT_DIR = pathlib.Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+_DEFAULT_DIR = pathlib.Path(__file__).resolve().parents[1] / "tests" / "fixtures"
 _DIR = flags.DEFINE_string("episodes_dir", str(_DEFAULT_DIR), "Folder with the episode files.")
 _JITTER_FILE = flags.DEFINE_string(
     "jitter_file", "libmypaint_episodes_small.npz", "Episodes rendered with jitter."

@@ -1,10 +1,16 @@
 r"""Renders episodes with the real libmypaint into an npz in the fixtures' format.
 
-Random episodes (`--mode=random`) draw their actions exactly as
-`shared/fixtures/libmypaint_episodes_small*.npz` were drawn: `numpy.random.default_rng
+Random episodes (`--mode=random`) draw their actions as the test fixtures
+`tests/fixtures/libmypaint_episodes_small*.npz` were drawn: `numpy.random.default_rng
 (seed)`, then, part by part in SPIRAL's spec order, flag = `rng.random((K, T)) < p_paint`
 and every other part `rng.integers(0, n, (K, T))` (on move steps the unused parts are
-drawn too, and ignored). `--seed=0 --episodes=16` reproduces the fixtures' actions.
+drawn too, and ignored). The fixtures are (tests/fixtures/README.md)
+
+  python -m experiments.make_libmypaint_episodes \
+      --out=tests/fixtures/libmypaint_episodes_small.npz --episodes=16 --seed=0 --jitter=true
+  python -m experiments.make_libmypaint_episodes \
+      --out=tests/fixtures/libmypaint_episodes_small_nojitter.npz --episodes=16 --seed=0 \
+      --jitter=false
 
 Single-stroke episodes (`--mode=single_strokes`) are for debugging a renderer: reset and
 one black paint stroke from the pen's reset position (0, 0), for every brush size, at
@@ -32,8 +38,8 @@ import sys
 import numpy as np
 from absl import app, flags
 
-from spiral_jax.testing import native_libmypaint as native
-from spiral_jax.testing.episodes import (
+from tools import native_libmypaint as native
+from tools.libmypaint_episodes import (
     SINGLE_STROKE_PRESSURES,
     SINGLE_STROKE_RANDOM_GEOMETRIES,
     sample_actions,

@@ -1,26 +1,26 @@
-"""The ctypes libmypaint reference: fixtures, SPIRAL's semantics, bad input, throughput.
+"""The ctypes libmypaint reference (`tools.native_libmypaint`): fixtures, SPIRAL's
+semantics, bad input, and the throughput benchmark of `experiments.bench_env`.
 
-Everything that needs the real library is skipped where Debian's libmypaint-1.5-1 and
-mypaint-brushes are not installed.
+Tests that need the real library are skipped where Debian's libmypaint-1.5-1 and
+mypaint-brushes are not installed; the fixtures in `tests/fixtures` are part of the
+repository, so a missing one fails.
 """
 
 from __future__ import annotations
 
 import colorsys
-import os
+import pathlib
 
 import numpy as np
 import pytest
 
-from spiral_jax.testing import episodes as make_episodes
-from spiral_jax.testing import native_libmypaint as native
+from tools import libmypaint_episodes as make_episodes
+from tools import native_libmypaint as native
 
-FIXTURES = os.path.join(
-    os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "fixtures"
-)
-FIXTURES = os.environ.get("SPIRAL_JAX_FIXTURES", FIXTURES)
-# libmypaint rendering the fixture actions again: DESIGN.md quotes 0.0002 as the worst
-# case; on the machine that made the fixtures it is bit-exact.
+FIXTURES = pathlib.Path(__file__).resolve().parent / "fixtures"
+# libmypaint rendering the fixture actions again, per step and on the final canvas (MAE
+# in [0, 1]): bit-exact with the Debian 12 packages the fixtures were made with
+# (tests/fixtures/README.md); 0.0002 leaves room for another build of libmypaint 1.6.
 SELF_MAE = 2e-4
 
 needs_libmypaint = pytest.mark.skipif(
@@ -29,9 +29,8 @@ needs_libmypaint = pytest.mark.skipif(
 
 
 def _fixture(name: str):
-    path = os.path.join(FIXTURES, name)
-    if not os.path.exists(path):
-        pytest.skip(f"fixture {path} not found (set SPIRAL_JAX_FIXTURES)")
+    path = FIXTURES / name
+    assert path.is_file(), f"fixture {path} missing; tests/fixtures/README.md regenerates it"
     return np.load(path)
 
 
@@ -287,12 +286,15 @@ def test_unavailable_library_is_reported(monkeypatch):
 
 @needs_libmypaint
 def test_native_steps_per_second_runs():
+    # Imported here: the benchmark module defines its absl flags on import.
+    from experiments import bench_env
+
     spec = native.NativeLibMyPaint().action_spec
     actions = make_episodes.sample_actions(0, 4, 3, 0.7, spec)
-    rate = native.native_steps_per_second(actions, n_processes=2, jitter=False)
+    rate = bench_env.native_steps_per_second(actions, n_processes=2, jitter=False)
     assert np.isfinite(rate) and rate > 10
     with pytest.raises(ValueError, match="n_processes=0"):
-        native.native_steps_per_second(actions, n_processes=0)
+        bench_env.native_steps_per_second(actions, n_processes=0)
 
 
 @needs_libmypaint

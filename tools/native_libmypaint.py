@@ -1,10 +1,13 @@
 """The real libmypaint through ctypes, with SPIRAL's environment semantics.
 
-This is the oracle for the pure-JAX renderer (`spiral_jax.envs.libmypaint`) and the
-baseline of the speed benchmark. It drives Debian's `libmypaint-1.5-1` (libmypaint 1.6)
-with the `classic/dry_brush` brush of `mypaint-brushes`, the brush SPIRAL (Ganin et al.,
-ICML 2018, arXiv:1804.01118) painted with, and follows deepmind/spiral's
-`spiral/environments/libmypaint.py` and its C++ wrapper step by step:
+This is the oracle for the pure-JAX renderer (`spiral_jax.envs.libmypaint`), the
+renderer of the fixtures in `tests/fixtures` (`experiments.make_libmypaint_episodes`)
+and the baseline of the speed benchmark (`experiments.bench_env`). It lives outside the
+installed package, as nothing in the training path needs it. It drives Debian's
+`libmypaint-1.5-1` (libmypaint 1.6) with the `classic/dry_brush` brush of
+`mypaint-brushes`, the brush SPIRAL (Ganin et al., ICML 2018, arXiv:1804.01118) painted
+with, and follows deepmind/spiral's `spiral/environments/libmypaint.py` and its C++
+wrapper step by step:
 
 * a paint step traces the quadratic Bezier from the pen through the control point to the
   end point with 50 `stroke_to` calls (points 1..50 of 51), blending only the pressure
@@ -27,7 +30,7 @@ Two deliberate differences from the public SPIRAL code, both switchable:
 * SPIRAL keeps one brush for the whole run, so its random stream runs on across episodes.
   We build a fresh brush at every reset. libmypaint seeds the brush's generator with a
   constant, so an episode's rendering depends only on its own actions; this is how the
-  fixtures in `shared/fixtures` were made.
+  fixtures in `tests/fixtures` were made.
 
 `jitter=False` switches off the brush's random dab offsets and radius noise: the base
 values of `offset_by_random` and `radius_by_random` go to 0 *and* offset_by_random's
@@ -49,12 +52,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
-import json
 import os
-import subprocess
-import sys
-import tempfile
-import time
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -571,9 +569,14 @@ class NativeLibMyPaint:
         return self._canvas()
 
 
-def _episode_arrays(
+def episode_arrays(
     actions: Mapping[str, np.ndarray], spec: Mapping[str, int]
 ) -> tuple[dict[str, np.ndarray], int, int]:
+    """The parts of `actions` that `spec` uses, checked: (arrays [K, T], K, T).
+
+    ValueError when a part is missing, not an integer array [K, T], shaped unlike the
+    others, or out of range.
+    """
     arrays = {}
     shape = None
     for name in spec:
@@ -623,7 +626,7 @@ def _render(actions, settings):
     env = NativeLibMyPaint(**settings)
     dabs, dab_episode, dab_step = [], [], []
     try:
-        arrays, k_eps, t_steps = _episode_arrays(actions, env.action_spec)
+        arrays, k_eps, t_steps = episode_arrays(actions, env.action_spec)
         w, c = env.canvas_width, (3 if env.use_color else 1)
         out = np.empty((k_eps, t_steps + 1, w, w, c), np.uint8)
         for k in range(k_eps):
@@ -639,109 +642,3 @@ def _render(actions, settings):
     if not dabs:
         return out, np.zeros((0, len(DAB_FIELDS)), np.float32), *([np.zeros(0, np.int32)] * 2)
     return out, np.concatenate(dabs), np.concatenate(dab_episode), np.concatenate(dab_step)
-
-
-def _throughput_worker(npz_path: str, settings_json: str) -> None:
-    """Child side of `native_steps_per_second`: ready, wait for go, render, report."""
-    settings = json.loads(settings_json)
-    env = NativeLibMyPaint(**settings)
-    with np.load(npz_path) as data:
-        actions = {n: data[n] for n in data.files}
-    arrays, k_eps, t_steps = _episode_arrays(actions, env.action_spec)
-    steps = [
-        [{n: int(a[k, t]) for n, a in arrays.items()} for t in range(t_steps)] for k in range(k_eps)
-    ]
-    print("ready", flush=True)
-    sys.stdin.readline()
-    start = time.perf_counter()
-    for episode in steps:
-        env.reset()
-        for action in episode:
-            env.step(action)
-    print(f"done {time.perf_counter() - start!r}", flush=True)
-    env.close()
-
-
-def native_steps_per_second(
-    actions: Mapping[str, np.ndarray], n_processes: int = 1, **settings
-) -> float:
-    """Environment steps per second of libmypaint, one process per core.
-
-    The K episodes of `actions` (name -> int [K, T]) are split evenly over `n_processes`
-    fresh Python processes (plain subprocesses: safe whatever the caller's `__main__` is,
-    and after JAX has started its threads). Each builds its environment and reports
-    ready; then all start together and the clock runs until the last one is done, so
-    process start-up is not timed. Steps are paint/move steps (K * T); resets are timed
-    but not counted; every step reads the canvas back, as SPIRAL's observation does.
-    """
-    if int(n_processes) != n_processes or n_processes < 1:
-        raise ValueError(f"n_processes={n_processes!r}: must be a positive integer")
-    if not available():
-        raise RuntimeError(unavailable_reason())
-    settings = dict(settings)
-    if "brush_sizes" in settings:
-        settings["brush_sizes"] = [float(s) for s in settings["brush_sizes"]]
-    env = NativeLibMyPaint(**settings)
-    spec = env.action_spec
-    env.close()
-    arrays, k_eps, t_steps = _episode_arrays(actions, spec)
-    if k_eps < n_processes:
-        raise ValueError(f"{k_eps} episodes cannot be shared by n_processes={n_processes}")
-    repo_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    child_env = dict(os.environ)
-    child_env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (repo_root, os.environ.get("PYTHONPATH")) if p
-    )
-    procs: list[subprocess.Popen] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            for i, idx in enumerate(np.array_split(np.arange(k_eps), n_processes)):
-                path = os.path.join(tmp, f"actions_{i}.npz")
-                np.savez(path, **{n: a[idx] for n, a in arrays.items()})
-                procs.append(
-                    subprocess.Popen(
-                        [
-                            sys.executable,
-                            "-m",
-                            __name__,
-                            "--throughput-worker",
-                            path,
-                            json.dumps(settings),
-                        ],
-                        stdin=subprocess.PIPE,
-                        stdout=subprocess.PIPE,
-                        text=True,
-                        env=child_env,
-                    )
-                )
-            for p in procs:
-                line = p.stdout.readline().strip()
-                if line != "ready":
-                    raise RuntimeError(f"libmypaint throughput worker failed to start: {line!r}")
-            start = time.perf_counter()
-            for p in procs:
-                p.stdin.write("go\n")
-                p.stdin.flush()
-            for p in procs:
-                line = p.stdout.readline().strip()
-                if not line.startswith("done"):
-                    raise RuntimeError(f"libmypaint throughput worker failed: {line!r}")
-            elapsed = time.perf_counter() - start
-        finally:
-            for p in procs:
-                try:
-                    p.communicate(timeout=60)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.communicate()
-    return k_eps * t_steps / elapsed
-
-
-if __name__ == "__main__":
-    if len(sys.argv) == 4 and sys.argv[1] == "--throughput-worker":
-        _throughput_worker(sys.argv[2], sys.argv[3])
-    else:
-        sys.exit(
-            "usage: python -m spiral_jax.testing.native_libmypaint "
-            "--throughput-worker ACTIONS.npz SETTINGS_JSON (internal)"
-        )

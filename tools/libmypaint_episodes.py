@@ -1,10 +1,11 @@
 """Action sequences for libmypaint reference episodes (the fixtures' sampling).
 
-Random episodes draw their actions exactly as `shared/fixtures/libmypaint_episodes_small*.npz`
-were drawn: `numpy.random.default_rng(seed)`, then, part by part in SPIRAL's spec order,
-flag = `rng.random((K, T)) < p_paint` and every other part `rng.integers(0, n, (K, T))`.
-Single-stroke episodes are one black paint stroke from the reset pen, for debugging a
-renderer. Used by `experiments.make_libmypaint_episodes` and the tests.
+Random episodes draw their actions exactly as the fixtures
+`tests/fixtures/libmypaint_episodes_small*.npz` were drawn: `numpy.random.default_rng
+(seed)`, then, part by part in SPIRAL's spec order, flag = `rng.random((K, T)) < p_paint`
+and every other part `rng.integers(0, n, (K, T))`. Single-stroke episodes are one black
+paint stroke from the reset pen, for debugging a renderer. Used by
+`experiments.make_libmypaint_episodes` and the tests.
 """
 
 from __future__ import annotations
