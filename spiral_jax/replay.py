@@ -17,7 +17,7 @@ Storage. Canvases are 8-bit (the environment quantises them to k/255, as SPIRAL
 does), so ``uint8`` storage (the default) is lossless and takes a quarter of the
 memory of float32: 20 batches of 64 canvases of 64x64x3 are 15.7 MB in uint8 and
 62.9 MB in float32 (twice that with targets). Reads decode to float32 k/255 exactly
-as `spiral_jax.datasets.to_float` decodes the real images, so real and fake inputs
+as `spiral_jax.device_data.to_float` decodes the real images, so real and fake inputs
 to D share one quantisation and D cannot tell them apart by rounding. Use
 ``dtype=jnp.float32`` for canvases that are not 8-bit.
 """
@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from spiral_jax import datasets
+from spiral_jax import device_data
 
 Array = jax.Array
 
@@ -99,7 +99,7 @@ def _encode(images: Array, dtype: Any) -> Array:
 
 def _decode(stored: Array) -> Array:
     if stored.dtype == jnp.uint8:
-        return datasets.to_float(stored)
+        return device_data.to_float(stored)
     return stored
 
 

@@ -35,13 +35,15 @@ All functions are pure, jittable and return float32 [T, B].
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-Array = jax.Array
+from spiral_jax.types import LAST, Array
 
 #: Reward kinds a config can name (the penalties add to any of them).
 REWARDS = ("terminal_d", "per_step_d", "l2", "l2_per_step")
@@ -51,6 +53,74 @@ def check_reward(kind: str) -> None:
     """Raises ValueError for an unknown reward kind."""
     if kind not in REWARDS:
         raise ValueError(f"unknown reward {kind!r}; allowed: {REWARDS}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardConfig:
+    """What the agent is paid; `config.reward` holds these fields."""
+
+    kind: str = "terminal_d"  # terminal_d (SPIRAL) | per_step_d (SPIRAL++) | l2 | l2_per_step
+    discount: float = 1.0  # gamma of the return (SPIRAL 1; SPIRAL++ per-step: 0.9-0.99)
+    l2_pools: tuple[int, ...] = (1,)  # L2 rewards: averaged over these pooling factors
+    scale: float = 1.0  # multiplies the D or L2 reward (not the penalties)
+    # Standardise D's scores over the global batch, so that a WGAN critic's drifting
+    # offset and growing scale do not reach the agent (L2 rewards ignore it).
+    standardize_d: bool = False
+    gan_reward: str = "logit"  # with a GAN-loss D: logit | log_sigmoid (gan_losses)
+    stroke_penalty: float = 0.0  # per new stroke (SPIRAL's MNIST runs)
+    empty_penalty: float = 0.0  # for an empty final canvas (SPIRAL's MNIST runs)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.l2_pools, (list, int)):  # JSON gives lists
+            object.__setattr__(self, "l2_pools", check_pools(self.l2_pools))
+        check_reward(self.kind)
+        check_pools(self.l2_pools)
+        if not self.scale > 0:
+            raise ValueError(f"reward.scale={self.scale!r}: must be > 0")
+        if not 0.0 <= self.discount <= 1.0:
+            raise ValueError(f"reward.discount={self.discount!r}: must be in [0, 1]")
+        for name in ("stroke_penalty", "empty_penalty"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"reward.{name}={getattr(self, name)!r}: must be >= 0")
+
+    @property
+    def needs_target(self) -> bool:
+        return self.kind.startswith("l2")
+
+
+def episode_rewards(
+    cfg: RewardConfig, traj: Any, targets: Array | None, d_score: Callable[[Array], Array]
+) -> Array:
+    """The rewards [T, B] of whole episodes (`rollout.rollout_episodes`), no gradient.
+
+    Args:
+      cfg: what to pay.
+      traj: a time-major `rollout.Trajectory` of whole episodes.
+      targets: [B, H, W, C] for conditional runs, else None.
+      d_score: canvases [..., B, H, W, C] -> D's reward-scores [..., B] (already
+        standardised when `cfg.standardize_d`); called only for D rewards.
+    """
+    is_last = traj.next_step_type == LAST
+    if cfg.kind == "terminal_d":
+        reward = terminal_d_reward(d_score(traj.final_canvas), is_last)
+    elif cfg.kind == "l2":
+        reward = l2_reward(traj.final_canvas, targets, is_last, cfg.l2_pools)
+    else:
+        # Canvases c_0 (blank) .. c_T (final) of each episode, [T + 1, B, H, W, C].
+        canvases = jnp.concatenate([traj.observation["canvas"][:1], traj.next_canvas])
+        if cfg.kind == "per_step_d":
+            reward = per_step_d_reward(d_score(canvases))
+        else:
+            reward = l2_per_step_reward(canvases, targets, pools=cfg.l2_pools)
+    reward = cfg.scale * reward
+    if cfg.stroke_penalty:
+        # A paint-only part's mask in o_t is 1 exactly when the pen was down before a_t.
+        prev_flag = traj.observation["action_mask"]["control"]
+        reward = reward + stroke_penalty(traj.action["flag"], cfg.stroke_penalty,
+                                         prev_flag=prev_flag)
+    if cfg.empty_penalty:
+        reward = reward + empty_canvas_penalty(traj.final_canvas, is_last, cfg.empty_penalty)
+    return jax.lax.stop_gradient(reward)
 
 
 def _shape(x: Any) -> tuple[int, ...] | None:

@@ -32,6 +32,7 @@ episode rollout).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -40,7 +41,8 @@ import jax.numpy as jnp
 from flax import struct
 
 from spiral_jax import agent as agent_lib
-from spiral_jax.agent import FIRST, LAST, AgentState, SpiralAgent
+from spiral_jax.agent import AgentState, SpiralAgent
+from spiral_jax.types import FIRST, LAST
 
 Array = jax.Array
 
@@ -136,7 +138,9 @@ def init_rollout_state(
         env_state=env_state,
         timestep=timestep,
         agent_state=agent_lib.initial_state(agent.action_spec, agent.config, batch_size),
-        noise=jax.random.normal(noise_key, (batch_size, agent.config.noise_dim), jnp.float32),
+        noise=jax.random.normal(
+            noise_key, (batch_size, agent.config.episode_noise_dim), jnp.float32
+        ),
         target=targets,
     )
 
@@ -186,7 +190,7 @@ def rollout(
     """
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-    noise_dim = agent.config.noise_dim
+    noise_dim = agent.config.episode_noise_dim
     step_keys = jax.random.split(key, num_steps + 1)
 
     def one_step(carry: RolloutState, step_key: Array) -> tuple[RolloutState, dict[str, Any]]:
@@ -302,6 +306,32 @@ def rollout_episodes(
         greedy=greedy,
     )
     return traj
+
+
+def rollout_episodes_per_key(
+    env: Any, agent: SpiralAgent, params: Any, keys: Array, targets: Array | None = None
+) -> Trajectory:
+    """One whole episode per key, [T, len(keys), ...] (pure; jit it).
+
+    Each episode's randomness comes from its own key alone, so a batch split over
+    devices draws what the whole batch on one device would (`spiral_jax.sharding`).
+    """
+
+    def one(key: Array, target: Array | None) -> Trajectory:
+        t = None if target is None else target[None]
+        return rollout_episodes(env, agent, params, key, 1, t)
+
+    traj = jax.vmap(one)(keys, targets)
+    # [b, T, 1, ...] -> [T, b, ...] for time-major fields, [b, 1, ...] -> [b, ...].
+    batch_fields = ("final_canvas", "bootstrap_value", "initial_agent_state")
+    fields = {}
+    for f in dataclasses.fields(traj):
+        if f.name in batch_fields:
+            fn = lambda x: x[:, 0]  # noqa: E731
+        else:
+            fn = lambda x: jnp.swapaxes(x[:, :, 0], 0, 1)  # noqa: E731
+        fields[f.name] = jax.tree.map(fn, getattr(traj, f.name))
+    return Trajectory(**fields)
 
 
 def make_episode_rollout(

@@ -1,4 +1,4 @@
-"""Tests for spiral_jax.datasets and spiral_jax.image_grid.
+"""Tests for spiral_jax.datasets, tfds_source, device_data and image_grid.
 
 TFDS datasets are exercised two ways, neither needing TensorFlow or network:
 * genuinely prepared tiny datasets (the real TFDS builders, their split generators
@@ -30,7 +30,7 @@ from tensorflow_datasets.datasets.celeb_a import celeb_a_dataset_builder as cele
 from tensorflow_datasets.image_classification import mnist as mnist_lib
 from tensorflow_datasets.image_classification import omniglot as omniglot_lib
 
-from spiral_jax import datasets, image_grid
+from spiral_jax import datasets, device_data, image_grid, tfds_source
 
 # PIL resamples 8-bit images in fixed point and rounds between its two separable passes;
 # the float64 reference does neither. Measured on uniform noise (28, 105, 178 -> 32, 64):
@@ -291,7 +291,7 @@ def test_prepared_max_examples_channels_and_cache(prepared, tmp_path, monkeypatc
     def no_reading(*args, **kwargs):
         raise AssertionError("the cache should have been used")
 
-    monkeypatch.setattr(datasets, "_tfds_data_source", no_reading)
+    monkeypatch.setattr(tfds_source, "data_source", no_reading)
     again = datasets.load("mnist", "train", image_size=32, data_dir=data_dir,
                           cache_dir=tmp_path)
     np.testing.assert_array_equal(again.images, cached.images)
@@ -380,7 +380,7 @@ def test_unprepared_fails_fast_without_network(tmp_path, monkeypatch):
     monkeypatch.setattr(socket.socket, "connect_ex", refuse)
     for name in ("celeb_a", "mnist", "omniglot"):
         start = time.perf_counter()
-        with pytest.raises(datasets.DatasetNotPreparedError) as err:
+        with pytest.raises(tfds_source.DatasetNotPreparedError) as err:
             datasets.load(name, data_dir=tmp_path / "empty")
         elapsed = time.perf_counter() - start
         assert elapsed < 10.0, elapsed
@@ -392,8 +392,8 @@ def test_unprepared_fails_fast_without_network(tmp_path, monkeypatch):
 
 def test_default_data_dir_from_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("TFDS_DATA_DIR", os.fspath(tmp_path / "env_dir"))
-    assert datasets.resolve_data_dir(None) == tmp_path / "env_dir"
-    with pytest.raises(datasets.DatasetNotPreparedError, match="env_dir"):
+    assert tfds_source.resolve_data_dir(None) == tmp_path / "env_dir"
+    with pytest.raises(tfds_source.DatasetNotPreparedError, match="env_dir"):
         datasets.load("celeb_a")
 
 
@@ -406,7 +406,7 @@ def test_tfrecord_prepared_data_gets_conversion_message(prepared, tmp_path):
     info = info.replace('"fileFormat": "array_record"', '"fileFormat": "tfrecord"')
     assert '"tfrecord"' in info
     (dst / "dataset_info.json").write_text(info)
-    with pytest.raises(datasets.DatasetNotPreparedError, match="tfds convert_format"):
+    with pytest.raises(tfds_source.DatasetNotPreparedError, match="tfds convert_format"):
         datasets.load("mnist", data_dir=tmp_path)
 
 
@@ -416,7 +416,7 @@ def test_missing_shards_are_reported(prepared, tmp_path):
     dst.mkdir(parents=True)
     (dst / "dataset_info.json").write_text(
         (data_dir / "mnist" / "3.0.1" / "dataset_info.json").read_text())
-    with pytest.raises(datasets.DatasetNotPreparedError, match="incomplete"):
+    with pytest.raises(tfds_source.DatasetNotPreparedError, match="incomplete"):
         datasets.load("mnist", "test", data_dir=tmp_path)
 
 
@@ -520,14 +520,14 @@ def _small_dataset(n: int = 10, size: int = 4) -> datasets.ImageDataset:
 
 def test_sample_reproducible_and_correct():
     host = _small_dataset()
-    dev = datasets.to_device(host)
+    dev = device_data.to_device(host)
     assert dev.images.dtype == jnp.uint8 and dev.labels.dtype == jnp.int32
     key = jax.random.key(3)
-    a = datasets.sample(dev.images, key, 16)
-    b = jax.jit(datasets.sample, static_argnums=2)(dev.images, key, 16)
+    a = device_data.sample(dev.images, key, 16)
+    b = jax.jit(device_data.sample, static_argnums=2)(dev.images, key, 16)
     assert a.shape == (16, 4, 4, 1) and a.dtype == jnp.float32
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    c = datasets.sample(dev.images, jax.random.key(4), 16)
+    c = device_data.sample(dev.images, jax.random.key(4), 16)
     assert not np.array_equal(np.asarray(a), np.asarray(c))
 
     imgs, labels, idx = dev.sample_with_labels(key, 16)
@@ -536,12 +536,12 @@ def test_sample_reproducible_and_correct():
     np.testing.assert_array_equal(np.asarray(imgs), host.images[idx].astype(np.float32) / 255)
     np.testing.assert_array_equal(np.asarray(labels), host.labels[idx])
     # Works on a legacy uint32 key too.
-    legacy = datasets.sample(dev.images, jax.random.PRNGKey(0), 4)
+    legacy = device_data.sample(dev.images, jax.random.PRNGKey(0), 4)
     assert legacy.shape == (4, 4, 4, 1)
 
 
 def test_device_dataset_is_a_pytree_in_jit():
-    dev = datasets.to_device(_small_dataset())
+    dev = device_data.to_device(_small_dataset())
     assert len(jax.tree.leaves(dev)) == 2
 
     @jax.jit
@@ -555,8 +555,8 @@ def test_device_dataset_is_a_pytree_in_jit():
 
 def test_sample_is_uniform():
     n, draws = 10, 50_000
-    dev = datasets.to_device(_small_dataset(n))
-    _, _, idx = datasets.sample_with_labels(dev, jax.random.key(7), draws)
+    dev = device_data.to_device(_small_dataset(n))
+    _, _, idx = device_data.sample_with_labels(dev, jax.random.key(7), draws)
     counts = np.bincount(np.asarray(idx), minlength=n)
     expected = draws / n
     chi2 = ((counts - expected) ** 2 / expected).sum()
@@ -565,31 +565,31 @@ def test_sample_is_uniform():
 
 @pytest.mark.parametrize("batch_size", [0, -1, 2.0, True])
 def test_sample_rejects_bad_batch_size(batch_size):
-    dev = datasets.to_device(_small_dataset())
+    dev = device_data.to_device(_small_dataset())
     with pytest.raises(ValueError, match="batch_size"):
-        datasets.sample(dev.images, jax.random.key(0), batch_size)
+        device_data.sample(dev.images, jax.random.key(0), batch_size)
 
 
 def test_sample_rejects_float_images():
     with pytest.raises(ValueError, match="uint8"):
-        datasets.sample(jnp.zeros((3, 4, 4, 1), jnp.float32), jax.random.key(0), 2)
+        device_data.sample(jnp.zeros((3, 4, 4, 1), jnp.float32), jax.random.key(0), 2)
 
 
 def test_to_device_refuses_what_does_not_fit(monkeypatch):
     host = _small_dataset(n=100, size=8)  # 6,400 bytes of images
-    monkeypatch.setattr(datasets, "_device_memory_limit", lambda device: 10_000)
+    monkeypatch.setattr(device_data, "_device_memory_limit", lambda device: 10_000)
     with pytest.raises(ValueError, match="max_examples="):
-        datasets.to_device(host, memory_fraction=0.5)
-    dev = datasets.to_device(host, memory_fraction=0.9)
+        device_data.to_device(host, memory_fraction=0.5)
+    dev = device_data.to_device(host, memory_fraction=0.9)
     assert dev.num_examples == 100
     with pytest.raises(ValueError, match="memory_fraction"):
-        datasets.to_device(host, memory_fraction=0.0)
+        device_data.to_device(host, memory_fraction=0.0)
 
 
 def test_memory_table_numbers():
-    assert datasets.memory_bytes(60_000, 64, 1) == 245_760_000
-    assert datasets.memory_bytes(162_770, 64, 3) == 2_000_117_760
-    assert datasets.memory_bytes(202_599, 64, 3) == 2_489_536_512
+    assert device_data.memory_bytes(60_000, 64, 1) == 245_760_000
+    assert device_data.memory_bytes(162_770, 64, 3) == 2_000_117_760
+    assert device_data.memory_bytes(202_599, 64, 3) == 2_489_536_512
 
 
 _SHARDED_SCRIPT = textwrap.dedent("""
@@ -597,14 +597,14 @@ _SHARDED_SCRIPT = textwrap.dedent("""
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
     import jax, numpy as np
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-    from spiral_jax import datasets
+    from spiral_jax import datasets, device_data
     n = 42  # not a multiple of 4: two are dropped
     images = np.broadcast_to(np.arange(n, dtype=np.uint8)[:, None, None, None],
                              (n, 2, 2, 1)).copy()
     host = datasets.ImageDataset("toy", "train", images, np.arange(n, dtype=np.int32),
                                  np.arange(n), None)
     mesh = Mesh(np.array(jax.devices()), ("data",))
-    dev = datasets.to_device(host, mesh, axis="data")
+    dev = device_data.to_device(host, mesh, axis="data")
     assert dev.num_examples == 40, dev.num_examples
     assert dev.images.sharding.spec == P("data"), dev.images.sharding
     shards = sorted(dev.images.addressable_shards, key=lambda s: s.index[0].start)
@@ -612,14 +612,14 @@ _SHARDED_SCRIPT = textwrap.dedent("""
 
     # jit over the global sharded array: same draw as on one device.
     key = jax.random.key(0)
-    got = jax.jit(datasets.sample, static_argnums=2)(dev.images, key, 8)
-    ref = datasets.sample(jax.device_put(np.asarray(dev.images)), key, 8)
+    got = jax.jit(device_data.sample, static_argnums=2)(dev.images, key, 8)
+    ref = device_data.sample(jax.device_put(np.asarray(dev.images)), key, 8)
     np.testing.assert_array_equal(np.asarray(got), np.asarray(ref))
 
     # shard_map: each device samples its own shard, with no communication.
     def local(images, key):
         k = jax.random.fold_in(key, jax.lax.axis_index("data"))
-        return datasets.sample(images, k, 5)
+        return device_data.sample(images, k, 5)
     f = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P("data"), P()),
                               out_specs=P("data")))
     out = np.asarray(f(dev.images, key)) * 255
@@ -627,12 +627,12 @@ _SHARDED_SCRIPT = textwrap.dedent("""
         vals = np.rint(out[5 * d:5 * d + 5, 0, 0, 0])
         assert ((vals >= 10 * d) & (vals < 10 * d + 10)).all(), (d, vals)
 
-    rep = datasets.to_device(host, mesh)
+    rep = device_data.to_device(host, mesh)
     assert rep.num_examples == 42 and rep.images.sharding.is_fully_replicated
-    rep2 = datasets.to_device(host, NamedSharding(mesh, P()))
+    rep2 = device_data.to_device(host, NamedSharding(mesh, P()))
     assert rep2.images.sharding.is_fully_replicated
     try:
-        datasets.to_device(host, mesh, axis="model")
+        device_data.to_device(host, mesh, axis="model")
     except ValueError as e:
         assert "model" in str(e)
     else:

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from spiral_jax import datasets
+from spiral_jax import device_data
 from spiral_jax import replay as R
 
 SHAPE = (4, 4, 1)
@@ -60,7 +60,7 @@ def test_ring_buffer_matches_python_reference():
         ref.add(ids)
         assert int(rep.pointer) == ref.pointer
         assert int(rep.count) == ref.count
-        stored = _ids(datasets.to_float(rep.canvases))
+        stored = _ids(device_data.to_float(rep.canvases))
         want = np.array([0 if s is None else s for s in ref.slots])
         np.testing.assert_array_equal(stored, want)
         # take() reads chosen slots, in the order asked.

@@ -1,4 +1,7 @@
-"""CelebA (TFDS), SPIRAL's paper settings: 64x64 colour canvas, grid 32, 19 strokes."""
+r"""CelebA (TFDS), SPIRAL's paper settings: 64x64 colour canvas, grid 32, 19 strokes.
+
+    python -m experiments.train --config=celeba --workdir=runs/celeba
+"""
 
 from experiments.configs import common
 

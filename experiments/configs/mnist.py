@@ -1,4 +1,7 @@
-"""MNIST (TFDS), SPIRAL's paper settings: 64x64 grayscale canvas, grid 32, 19 strokes."""
+r"""MNIST (TFDS), SPIRAL's paper settings: 64x64 grayscale canvas, grid 32, 19 strokes.
+
+    python -m experiments.train --config=mnist --workdir=runs/mnist
+"""
 
 from experiments.configs import common
 

@@ -1,6 +1,9 @@
-"""The smallest config: a smoke test that trains a step in seconds on a CPU.
+r"""A smoke test that trains a step in seconds on a CPU (the tests use it).
 
-16x16 canvas, grid 8, episodes of 5 strokes, tiny networks, 8 episodes per step.
+    python -m experiments.train --config=small --workdir=runs/small
+
+mnist5k on a 16x16 canvas, grid 8, episodes of 5 steps, tiny networks, 8 episodes per
+step, 50 steps.
 """
 
 from experiments.configs import mnist5k
@@ -18,8 +21,8 @@ def get_config():
     c.agent.lstm_size = 32
     c.agent.torso_output = 32
     c.agent.noise_dim = 4
-    c.disc.widths = (8, 16)
-    c.disc.replay_batches = 4
+    c.disc.channels = (8, 16)
+    c.disc_learner.replay_batches = 4
     c.batch_size = 8
     c.learner.passes = 1
     c.max_examples = 512

@@ -37,8 +37,7 @@ import numpy as np
 from flax import struct
 
 from spiral_jax.envs import dry_brush
-
-FIRST, MID, LAST = 0, 1, 2
+from spiral_jax.types import FIRST, LAST, MID  # noqa: F401  (the env's time steps)
 
 ACTION_NAMES = ("control", "end", "flag", "pressure", "size", "red", "green", "blue")
 LOCATION_ACTIONS = ("control", "end")

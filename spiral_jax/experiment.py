@@ -1,0 +1,250 @@
+"""A run's static parts and its state, built from a config.
+
+A config (`experiments/configs/`) is an `ml_collections.ConfigDict` whose sections go
+straight into constructors, one to one:
+
+    LibMyPaint(**config.env)                    spiral_jax/envs/libmypaint.py
+    AgentConfig(**config.agent, ...)            spiral_jax/agent.py
+    DiscriminatorConfig(**config.disc, ...)     spiral_jax/discriminator.py
+    LearnerConfig(**config.learner)             spiral_jax/policy_learner.py
+    DiscLearnerConfig(**config.disc_learner)    spiral_jax/disc_learner.py
+    RewardConfig(**config.reward)               spiral_jax/rewards.py
+
+(`...`: the top-level `conditional` and `compute_dtype`, which several parts share).
+The other top-level fields (batch, data, loop) are read by `build` and `train`.
+`section_defaults` turns a constructor's defaults into a config section, so every
+field a constructor takes can be set from the command line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import struct
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from spiral_jax import agent as agent_lib
+from spiral_jax import datasets as data_lib
+from spiral_jax import device_data, disc_learner, policy_learner, rollout
+from spiral_jax import discriminator as disc_lib
+from spiral_jax import replay as replay_lib
+from spiral_jax.envs.libmypaint import LibMyPaint
+from spiral_jax.rewards import RewardConfig, check_pools
+from spiral_jax.sharding import AXIS, make_mesh
+from spiral_jax.types import Array, check_compute_dtype
+
+# Top-level fields shared by several constructors, not set in their sections.
+SHARED_FIELDS = ("conditional", "dtype")
+
+
+class ConfigError(ValueError):
+    """A config that cannot train; raised before anything compiles."""
+
+
+def section_defaults(constructor: Callable[..., Any]) -> ml_collections.ConfigDict:
+    """A config section holding every keyword `constructor` takes, at its default
+    (except `SHARED_FIELDS`, which come from the config's top level)."""
+    params = inspect.signature(constructor).parameters.values()
+    return ml_collections.ConfigDict(
+        {p.name: p.default for p in params if p.name not in SHARED_FIELDS}
+    )
+
+
+def construct(constructor: Callable[..., Any], config: ml_collections.ConfigDict,
+              section: str, **shared: Any) -> Any:
+    """`constructor(**config[section], **shared)`, with a one-line error naming any
+    field the constructor does not take (e.g. in a config.json of an older version)."""
+    fields = dict(config[section])
+    allowed = [p for p in inspect.signature(constructor).parameters if p not in shared]
+    unknown = sorted(set(fields) - set(allowed))
+    if unknown:
+        raise ConfigError(
+            f"config.{section} has unknown field(s) {', '.join(unknown)}; "
+            f"allowed: {', '.join(allowed)}"
+        )
+    return constructor(**fields, **shared)
+
+
+class TrainState(struct.PyTreeNode):
+    """Everything a run needs to continue (with the config and the step's key)."""
+
+    step: Array
+    policy_params: Any
+    policy_opt_state: Any
+    disc_params: Any
+    disc_spectral: Any  # power-iteration statistics of a spectral-norm D, else None
+    disc_opt_state: Any
+    replay: replay_lib.Replay
+    # Exponential moving average of policy_params (learner.ema_decay > 0), else None.
+    policy_ema: Any = None
+
+    @property
+    def eval_params(self) -> Any:
+        """The policy parameters to sample and evaluate with: the average if kept."""
+        return self.policy_params if self.policy_ema is None else self.policy_ema
+
+
+def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
+    """ValueError for top-level settings that cannot train, before anything compiles
+    (each section's constructor checks its own fields)."""
+    check_compute_dtype(config.compute_dtype)
+    if config.batch_size < 1 or config.batch_size % num_devices:
+        raise ValueError(
+            f"batch_size={config.batch_size} must be a positive multiple of the number of "
+            f"devices ({num_devices})"
+        )
+    if config.reward.kind.startswith("l2") and not config.conditional:
+        raise ValueError(
+            f"reward.kind={config.reward.kind!r} needs a target: set conditional=True"
+        )
+    check_pools(tuple(config.reward.l2_pools), config.env.canvas_width)
+    for name in ("num_train_steps", "log_every", "sample_every", "checkpoint_every",
+                 "keep_checkpoints"):
+        if not config[name] >= 1:
+            raise ValueError(f"{name}={config[name]!r} must be >= 1")
+    if config.eval_every < 0:
+        raise ValueError(f"eval_every={config.eval_every} must be >= 0 (0 = no evaluation)")
+
+
+@dataclasses.dataclass
+class Experiment:
+    """The static parts of a run: config, environment, networks, learners, data, mesh."""
+
+    config: ml_collections.ConfigDict
+    env: LibMyPaint
+    agent: agent_lib.SpiralAgent
+    disc: disc_lib.Discriminator
+    learner: policy_learner.LearnerConfig
+    disc_learner: disc_learner.DiscLearnerConfig
+    reward: RewardConfig
+    data: device_data.DeviceDataset
+    mesh: Mesh
+    _samplers: dict = dataclasses.field(default_factory=dict, repr=False)
+
+    @property
+    def num_devices(self) -> int:
+        return int(self.mesh.devices.size)
+
+    @property
+    def batch_size(self) -> int:
+        """Episodes per train step over all devices."""
+        return int(self.config.batch_size)
+
+    def frames_per_step(self) -> int:
+        """Environment steps (agent decisions) per train step, over all devices."""
+        return self.batch_size * (self.env.episode_length - 1)
+
+    def init_state(self, key: Array) -> TrainState:
+        """Fresh parameters, optimiser states and an empty replay, placed on the mesh."""
+        k_agent, k_disc = jax.random.split(key)
+        shape = self.env.observation_shape
+        policy_params = agent_lib.init_params(self.agent, k_agent, shape)
+        disc_params, spectral = disc_lib.split_variables(
+            disc_lib.init_variables(self.disc, k_disc, shape)
+        )
+        capacity = self.disc_learner.replay_batches * self.batch_size
+        state = TrainState(
+            step=jnp.zeros((), jnp.int32),
+            policy_params=policy_params,
+            policy_opt_state=policy_learner.make_optimizer(self.learner).init(policy_params),
+            disc_params=disc_params,
+            disc_spectral=spectral,
+            disc_opt_state=disc_learner.make_optimizer(self.disc_learner).init(disc_params),
+            replay=replay_lib.init(capacity, shape, conditional=self.config.conditional),
+            # A copy: the train step donates the state, and one buffer cannot be
+            # donated twice.
+            policy_ema=(jax.tree.map(jnp.copy, policy_params)
+                        if self.learner.ema_decay > 0 else None),
+        )
+        return self.place(state)
+
+    def state_specs(self, state: TrainState) -> TrainState:
+        """PartitionSpecs of a state: replicated, but the replay sharded over AXIS
+        (each device keeps the canvases it painted)."""
+        replay = state.replay
+        replay_spec = replay_lib.Replay(
+            canvases=P(AXIS), targets=None if replay.targets is None else P(AXIS),
+            pointer=P(), count=P(),
+        )
+        return jax.tree.map(lambda _: P(), state.replace(replay=None)).replace(
+            replay=replay_spec
+        )
+
+    def place(self, state: TrainState) -> TrainState:
+        """Puts a (host or device) state on the mesh, as `state_specs` says."""
+        shardings = jax.tree.map(
+            lambda s: NamedSharding(self.mesh, s), self.state_specs(state),
+            is_leaf=lambda x: isinstance(x, P),
+        )
+        return jax.device_put(state, shardings)
+
+    def sampler(self, batch_size: int, greedy: bool = False) -> Callable[..., Any]:
+        """`sample(params, key, targets=None) -> trajectory` of whole episodes, for
+        pictures and evaluation (jitted once per batch size; `greedy`: the agent's
+        most likely actions)."""
+        if (batch_size, greedy) not in self._samplers:
+            self._samplers[batch_size, greedy] = rollout.make_episode_rollout(
+                self.env, self.agent, batch_size, greedy
+            )
+        return self._samplers[batch_size, greedy]
+
+    def sample_data(self, keys: Array) -> Array:
+        """Training images, one per key (for pictures and fixed conditional targets)."""
+        return _sample_images(self.data.images, keys)
+
+
+_sample_images = jax.jit(disc_learner.sample_images)
+
+
+def build(
+    config: ml_collections.ConfigDict,
+    mesh: Mesh | None = None,
+    dataset: data_lib.ImageDataset | None = None,
+) -> Experiment:
+    """Checks the config and builds everything but the state (no compilation).
+
+    `dataset` replaces the config's training images (tests pass a small one).
+    """
+    mesh = make_mesh() if mesh is None else mesh
+    try:
+        return _build(config, mesh, dataset)
+    except ConfigError:
+        raise
+    except ValueError as e:  # from a constructor's own checks
+        raise ConfigError(str(e)) from e
+
+
+def _build(config: ml_collections.ConfigDict, mesh: Mesh,
+           dataset: data_lib.ImageDataset | None) -> Experiment:
+    validate_config(config, int(mesh.devices.size))
+    shared = dict(conditional=config.conditional, dtype=config.compute_dtype)
+    env = construct(LibMyPaint, config, "env")
+    agent = agent_lib.make_agent(
+        env.action_spec(), construct(agent_lib.AgentConfig, config, "agent", **shared)
+    )
+    disc = disc_lib.make_discriminator(
+        construct(disc_lib.DiscriminatorConfig, config, "disc", **shared)
+    )
+    learner = construct(policy_learner.LearnerConfig, config, "learner")
+    disc_learner_config = construct(disc_learner.DiscLearnerConfig, config, "disc_learner")
+    reward = construct(RewardConfig, config, "reward")
+    if dataset is None:
+        dataset = data_lib.load(
+            config.dataset, "train", image_size=env.canvas_width, channels=env.channels,
+            data_dir=config.data_dir or None, max_examples=config.max_examples or None,
+        )
+    if dataset.image_shape != env.observation_shape:
+        raise ValueError(
+            f"dataset images {dataset.image_shape} do not match the canvas "
+            f"{env.observation_shape}"
+        )
+    data = device_data.to_device(dataset, NamedSharding(mesh, P()))
+    return Experiment(config, env, agent, disc, learner, disc_learner_config, reward, data,
+                      mesh)

@@ -1,0 +1,148 @@
+"""The policy's learner: V-trace actor-critic (IMPALA, Espeholt et al. 2018) with Adam.
+
+SPIRAL trains its agent with advantage actor-critic and an entropy bonus inside an
+IMPALA-style system; V-trace corrects the lag between the policy that acted and the one
+being updated (several passes over one rollout, `passes`). The loss of one pass is
+
+    -mean(pg_advantage * log pi(a|s)) + baseline_cost * 0.5 * mean((v_s - V(s))^2)
+    - entropy_cost * mean(entropy),
+
+with masked log-probs and entropies of SPIRAL's multi-part actions (`agent.unroll`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from spiral_jax import vtrace
+from spiral_jax.agent import SpiralAgent
+from spiral_jax.rollout import Trajectory
+from spiral_jax.sharding import AXIS
+from spiral_jax.types import Array, cast_floating
+
+
+@dataclasses.dataclass(frozen=True)
+class LearnerConfig:
+    """The policy's optimiser and loss; `config.learner` holds these fields."""
+
+    learning_rate: float = 1e-4  # Adam (SPIRAL: PBT over 1e-5..3e-4)
+    b1: float = 0.5  # Adam's beta1 (SPIRAL)
+    b2: float = 0.999  # Adam's beta2
+    eps: float = 1e-8  # Adam's epsilon
+    max_grad_norm: float = 40.0  # gradients clipped to this global norm before Adam
+    entropy_cost: float = 0.01  # weight of the entropy bonus (SPIRAL: PBT over 2e-3..1e-1)
+    # Divide each action part's entropy by its largest value, log(choices), so that a
+    # 2-way flag and a 256-way location weigh the same in the entropy bonus.
+    normalize_entropy: bool = False
+    baseline_cost: float = 0.5  # weight of the value regression
+    passes: int = 1  # policy updates per rollout (V-trace corrects the later passes' lag)
+    clip_rho_threshold: float = 1.0  # V-trace's rho-bar
+    clip_pg_rho_threshold: float = 1.0  # V-trace's rho-bar of the policy gradient
+    vtrace_lambda: float = 1.0  # V-trace's traces lambda * min(1, rho)
+    # Keep an exponential moving average of the policy's parameters with this decay and
+    # sample, evaluate and pick checkpoints with it (0 = none): averaging damps a
+    # generator's circling in adversarial games (Yazici et al., ICLR 2019).
+    ema_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("learning_rate", "max_grad_norm", "passes"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"learner.{name}={getattr(self, name)!r}: must be > 0")
+        if not isinstance(self.passes, int):
+            raise ValueError(f"learner.passes={self.passes!r}: must be an int")
+        for name in ("entropy_cost", "baseline_cost"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"learner.{name}={getattr(self, name)!r}: must be >= 0")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(
+                f"learner.ema_decay={self.ema_decay!r}: must be in [0, 1) (0 = no average)"
+            )
+
+
+def make_optimizer(cfg: LearnerConfig) -> optax.GradientTransformation:
+    """Adam after clipping by global norm."""
+    adam = optax.adam(cfg.learning_rate, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
+    return optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), adam)
+
+
+def max_entropies(action_spec: Any) -> dict[str, float]:
+    """log(number of choices) of each action part: its largest possible entropy."""
+    return {k: float(np.log(max(n, 2))) for k, n in dict(action_spec).items()}
+
+
+def loss_fn(
+    params: Any,
+    agent: SpiralAgent,
+    cfg: LearnerConfig,
+    traj: Trajectory,
+    rewards: Array,
+    discount: float,
+) -> tuple[Array, dict[str, Array]]:
+    """The V-trace actor-critic loss of one pass and its metrics (this device's batch)."""
+    dtype = jnp.dtype(agent.config.dtype)
+    params_c = params if dtype == jnp.float32 else cast_floating(params, dtype)
+    out = agent.apply(params_c, **traj.unroll_inputs(), method=SpiralAgent.unroll)
+    target_log_prob = out.log_prob.astype(jnp.float32)
+    baseline = out.baseline.astype(jnp.float32)
+    if cfg.normalize_entropy:
+        largest = max_entropies(agent.action_spec)
+        entropy = sum(h.astype(jnp.float32) / largest[k] for k, h in out.entropies.items())
+    else:
+        entropy = out.entropy.astype(jnp.float32)
+    log_rhos = jax.lax.stop_gradient(target_log_prob) - traj.behaviour_log_prob
+    vt = vtrace.from_importance_weights(
+        log_rhos=log_rhos,
+        discounts=traj.discount * discount,
+        rewards=rewards,
+        values=jax.lax.stop_gradient(baseline),
+        bootstrap_value=jnp.zeros_like(baseline[0]),  # whole episodes end in LAST
+        clip_rho_threshold=cfg.clip_rho_threshold,
+        clip_pg_rho_threshold=cfg.clip_pg_rho_threshold,
+        lambda_=cfg.vtrace_lambda,
+    )
+    pg_loss = -jnp.mean(vt.pg_advantages * target_log_prob)
+    baseline_loss = 0.5 * jnp.mean(jnp.square(vt.vs - baseline))
+    entropy_mean = jnp.mean(entropy)
+    loss = pg_loss + cfg.baseline_cost * baseline_loss - cfg.entropy_cost * entropy_mean
+    metrics = {
+        "policy_loss": pg_loss,
+        "baseline_loss": baseline_loss,
+        "entropy": entropy_mean,
+        "mean_rho": jnp.mean(jnp.exp(log_rhos)),
+        "value": jnp.mean(baseline),
+    }
+    return loss, metrics
+
+
+def update(
+    params: Any,
+    opt_state: Any,
+    agent: SpiralAgent,
+    cfg: LearnerConfig,
+    optimizer: optax.GradientTransformation,
+    traj: Trajectory,
+    rewards: Array,
+    discount: float,
+) -> tuple[Any, Any, dict[str, Array]]:
+    """`cfg.passes` Adam steps on one rollout, gradients averaged over the mesh (inside
+    `shard_map`). Returns the new parameters and optimiser state, and the first pass's
+    metrics (those of the policy that acted)."""
+    first_metrics = None
+    # A Python loop, not lax.scan: XLA's CPU backend runs convolutions (and their
+    # gradients) inside a while loop ~25x slower than outside one.
+    for _ in range(cfg.passes):
+        (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            params, agent, cfg, traj, rewards, discount
+        )
+        grads = jax.lax.pmean(grads, AXIS)
+        metrics["policy_grad_norm"] = optax.tree.norm(grads)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        first_metrics = metrics if first_metrics is None else first_metrics
+    return params, opt_state, first_metrics

@@ -1,0 +1,86 @@
+"""What a training run writes besides checkpoints: scalars to `metrics.jsonl` and
+TensorBoard, sample grids to PNG files and TensorBoard. Only the chief process (index
+0) writes; on the others every method does nothing."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import numpy as np
+from etils import epath
+from PIL import Image
+from tensorboardX import SummaryWriter
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def minutes_trained(path: epath.Path, step: int) -> float:
+    """Training minutes logged up to `step` by earlier invocations (0 for a new run),
+    so that a resumed run's `minutes` continue where the checkpoint left off."""
+    minutes = 0.0
+    if step > 0 and path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # a line cut short by a kill
+                continue
+            if record.get("step", step + 1) <= step:
+                minutes = max(minutes, float(record.get("minutes", 0.0)))
+    return minutes
+
+
+def save_png(path: epath.Path, grid: np.ndarray) -> None:
+    with path.open("wb") as f:
+        Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(f, format="PNG")
+
+
+class RunLog:
+    """Appends one `metrics.jsonl` line per record (with `step`, `frames` and training
+    `minutes`, continued across resumes) and mirrors it to TensorBoard."""
+
+    def __init__(self, workdir: epath.Path, start_step: int, frames_per_step: int,
+                 is_chief: bool):
+        self.workdir = workdir
+        self.frames_per_step = frames_per_step
+        self.active = is_chief
+        self._t_start = time.perf_counter()
+        self._minutes_before = 0.0
+        self._file: Any = None
+        self._tb: SummaryWriter | None = None
+        if is_chief:
+            path = workdir / METRICS_FILE
+            self._minutes_before = minutes_trained(path, start_step)
+            self._file = path.open("a")
+            self._tb = SummaryWriter(str(workdir / "tensorboard"))
+            (workdir / "samples").mkdir(exist_ok=True)
+
+    def minutes(self) -> float:
+        return self._minutes_before + (time.perf_counter() - self._t_start) / 60.0
+
+    def scalars(self, step: int, values: dict[str, float], prefix: str = "train") -> None:
+        """One record, flushed so that a kill loses none."""
+        if not self.active:
+            return
+        for k, v in values.items():
+            self._tb.add_scalar(f"{prefix}/{k}", v, step)
+        if prefix == "train":
+            self._tb.add_scalar("train/frames", step * self.frames_per_step, step)
+        record = {"step": step, "frames": step * self.frames_per_step,
+                  "minutes": self.minutes(), **values}
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+
+    def image(self, name: str, grid: np.ndarray, step: int, filename: str) -> None:
+        """A uint8 grid [H, W, C] to TensorBoard and to <workdir>/samples/<filename>."""
+        if not self.active:
+            return
+        self._tb.add_image(name, grid, step, dataformats="HWC")
+        save_png(self.workdir / "samples" / filename, grid)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+        if self._file is not None:
+            self._file.close()

@@ -1,0 +1,138 @@
+"""SPIRAL's training step, all on device (the "Anakin" pattern, Hessel et al. 2021).
+
+One jitted `train_step(state, key) -> (state, metrics)` in four phases:
+
+1. rollout: whole episodes of the environment and the agent, each device its share
+   of the global batch;
+2. rewards: D's score of the final canvas (SPIRAL), its per-step differences
+   (SPIRAL++) or the negative L2 distance to the target, plus penalties;
+3. policy update: V-trace actor-critic, `learner.passes` Adam steps on the rollout,
+   and the moving average of the parameters;
+4. replay and discriminator update: the final canvases join the replay, and D learns
+   from real images against replayed canvases.
+
+Data parallelism is `jax.shard_map` over the mesh of `spiral_jax.sharding`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import PartitionSpec as P
+
+from spiral_jax import disc_learner, gan_losses, policy_learner, rewards
+from spiral_jax import discriminator as disc_lib
+from spiral_jax import replay as replay_lib
+from spiral_jax.experiment import Experiment, TrainState
+from spiral_jax.rollout import rollout_episodes_per_key
+from spiral_jax.sharding import AXIS, global_keys
+from spiral_jax.types import Array, cast_floating
+
+Metrics = dict[str, Array]
+
+
+def make_train_step(exp: Experiment) -> Callable[[TrainState, Array], tuple[TrainState, Metrics]]:
+    """`train_step(state, key) -> (state, metrics)`, jitted and sharded over `exp.mesh`.
+    It donates `state`; metrics are averaged over the global batch."""
+    config, env, agent, disc = exp.config, exp.env, exp.agent, exp.disc
+    policy_opt = policy_learner.make_optimizer(exp.learner)
+    disc_opt = disc_learner.make_optimizer(exp.disc_learner)
+    batch = exp.batch_size
+
+    def local_step(state: TrainState, images: Array, key: Array) -> tuple[TrainState, Metrics]:
+        k_roll, k_target, k_disc = jax.random.split(jax.random.fold_in(key, 0), 3)
+        targets = None
+        if config.conditional:
+            targets = disc_learner.sample_images(images, global_keys(k_target, batch))
+
+        # 1. Rollout, with the learner's parameters in the compute dtype.
+        behaviour = state.policy_params
+        if agent.config.dtype != "float32":
+            behaviour = cast_floating(behaviour, jnp.dtype(agent.config.dtype))
+        traj = rollout_episodes_per_key(env, agent, behaviour, global_keys(k_roll, batch),
+                                        targets)
+
+        # 2. Rewards.
+        critic = disc_lib.critic_fn(disc, state.disc_spectral)
+
+        def d_score(canvases: Array) -> Array:
+            scores = disc_lib.score_canvases(critic, state.disc_params, canvases, targets)
+            scores = gan_losses.generator_reward(scores, exp.disc_learner.loss,
+                                                 exp.reward.gan_reward)
+            if exp.reward.standardize_d:
+                scores = rewards.standardize_scores(scores, AXIS)
+            return scores
+
+        reward = rewards.episode_rewards(exp.reward, traj, targets, d_score)
+
+        # 3. Policy update, then the parameters' moving average.
+        policy_params, policy_opt_state, metrics = policy_learner.update(
+            state.policy_params, state.policy_opt_state, agent, exp.learner, policy_opt,
+            traj, reward, exp.reward.discount,
+        )
+        policy_ema = state.policy_ema
+        if policy_ema is not None:
+            # decay * average + (1 - decay) * params (Polyak averaging).
+            policy_ema = optax.incremental_update(
+                policy_params, policy_ema, 1.0 - exp.learner.ema_decay
+            )
+
+        # 4. Replay and discriminator update.
+        replay = replay_lib.add(state.replay, traj.final_canvas, targets)
+        disc_state = (state.disc_params, state.disc_spectral, state.disc_opt_state)
+        if exp.disc_learner.updates_per_step:
+            disc_state, disc_metrics = disc_learner.update(
+                *disc_state, disc, exp.disc_learner, disc_opt, images, replay, k_disc, batch
+            )
+            metrics.update(disc_metrics)
+
+        metrics.update(_episode_metrics(traj, reward, targets))
+        metrics = _global_mean(metrics)
+        new_state = state.replace(
+            step=state.step + 1,
+            policy_params=policy_params,
+            policy_opt_state=policy_opt_state,
+            disc_params=disc_state[0],
+            disc_spectral=disc_state[1],
+            disc_opt_state=disc_state[2],
+            replay=replay,
+            policy_ema=policy_ema,
+        )
+        return new_state, metrics
+
+    def train_step(state: TrainState, key: Array) -> tuple[TrainState, Metrics]:
+        specs = exp.state_specs(state)
+        sharded = jax.shard_map(
+            local_step, mesh=exp.mesh, in_specs=(specs, P(), P()), out_specs=(specs, P()),
+            check_vma=False,
+        )
+        return sharded(state, exp.data.images, key)
+
+    return jax.jit(train_step, donate_argnums=0)
+
+
+def _episode_metrics(traj, reward: Array, targets: Array | None) -> Metrics:
+    """This device's means of what the episodes earned and painted."""
+    metrics = {
+        "episode_return": jnp.mean(jnp.sum(reward, axis=0)),
+        "strokes": jnp.mean(jnp.sum(traj.action["flag"] == 1, axis=0).astype(jnp.float32)),
+        "ink": jnp.mean(1.0 - traj.final_canvas),
+    }
+    if targets is not None:
+        metrics["l2_to_target"] = jnp.mean(jnp.square(traj.final_canvas - targets))
+        metrics["l2_blank"] = jnp.mean(jnp.square(1.0 - targets))
+    return metrics
+
+
+def _global_mean(metrics: Metrics) -> Metrics:
+    """Means over the mesh; the conditional error also as a fraction of a blank
+    canvas's on the same targets (1 = no better than painting nothing), the number
+    `spiral_jax.evaluate` reports."""
+    metrics = jax.lax.pmean(metrics, AXIS)
+    if "l2_blank" in metrics:
+        blank = metrics.pop("l2_blank")
+        metrics["l2_to_target_vs_blank"] = metrics["l2_to_target"] / jnp.maximum(blank, 1e-12)
+    return metrics
