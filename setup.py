@@ -6,7 +6,9 @@ setup(
     name="spiral-jax",
     version="0.1.0",
     description="SPIRAL (Ganin et al. 2018) in JAX: painting agents trained adversarially",
-    packages=find_packages(include=["spiral_jax", "spiral_jax.*", "experiments", "experiments.*"]),
+    # The library only: experiments/ (command lines, configs) and tools/ (the libmypaint
+    # reference) run from a checkout, as `python -m experiments.X` in its root.
+    packages=find_packages(include=["spiral_jax", "spiral_jax.*"]),
     package_data={"spiral_jax": ["assets/*.npz"]},  # the evaluation's digit classifier
     python_requires=">=3.10",
     install_requires=[
@@ -24,5 +26,6 @@ setup(
         "tqdm",
         "tensorboardX",
         "matplotlib",
+        "etils[epath]",
     ],
 )

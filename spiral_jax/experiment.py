@@ -92,25 +92,28 @@ class TrainState(struct.PyTreeNode):
 
 
 def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
-    """ValueError for top-level settings that cannot train, before anything compiles
+    """ConfigError for top-level settings that cannot train, before anything compiles
     (each section's constructor checks its own fields)."""
-    check_compute_dtype(config.compute_dtype)
+    try:
+        check_compute_dtype(config.compute_dtype)
+        check_pools(tuple(config.reward.l2_pools), config.env.canvas_width)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
     if config.batch_size < 1 or config.batch_size % num_devices:
-        raise ValueError(
+        raise ConfigError(
             f"batch_size={config.batch_size} must be a positive multiple of the number of "
             f"devices ({num_devices})"
         )
     if config.reward.kind.startswith("l2") and not config.conditional:
-        raise ValueError(
+        raise ConfigError(
             f"reward.kind={config.reward.kind!r} needs a target: set conditional=True"
         )
-    check_pools(tuple(config.reward.l2_pools), config.env.canvas_width)
     for name in ("num_train_steps", "log_every", "sample_every", "checkpoint_every",
                  "keep_checkpoints"):
         if not config[name] >= 1:
-            raise ValueError(f"{name}={config[name]!r} must be >= 1")
+            raise ConfigError(f"{name}={config[name]!r} must be >= 1")
     if config.eval_every < 0:
-        raise ValueError(f"eval_every={config.eval_every} must be >= 0 (0 = no evaluation)")
+        raise ConfigError(f"eval_every={config.eval_every} must be >= 0 (0 = no evaluation)")
 
 
 @dataclasses.dataclass
