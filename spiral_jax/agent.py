@@ -51,18 +51,9 @@ and decoder derive their number of stride-2 stages from W / 8 and G / 4 (a 16-wi
 grid starts its decoder at 4x4 and upsamples twice, an 8-wide grid once, a 4-wide
 grid not at all).
 
-The stride-2 layers compute exactly `lax.conv_general_dilated` / `lax.conv_transpose`
-(tested against brute force and Flax's own layers) but are arranged for XLA's CPU
-backend, which runs input-dilated convolutions slowly: the transposed conv is a
-stride-1 3x3 conv to 4x the channels plus depth-to-space, and the strided conv's
-input gradient is computed that way too. This halves the learner's time on a CPU.
-
-Masks. The environment's observation carries the mask of the action that produced
-it (move: only `flag` and `end` count; paint: all parts); SPIRAL's agent uses that
-mask to condition on the previous action. The mask that applies to the action being
-taken now depends on its own sampled `flag`: `action_masks` derives it, and the
-log-probs and entropies here are multiplied by it. (SPIRAL's public code has no
-learner; this is the masking its environment defines.)
+The layers are in `spiral_jax.layers` (its stride-2 convolutions are arranged for
+XLA's CPU backend), the action masks and distributions in `spiral_jax.action_space`:
+log-probs and entropies count only the parts the action's own `flag` makes count.
 """
 
 from __future__ import annotations

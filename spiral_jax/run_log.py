@@ -10,8 +10,9 @@ from typing import Any
 
 import numpy as np
 from etils import epath
-from PIL import Image
 from tensorboardX import SummaryWriter
+
+from spiral_jax.pictures import to_pil
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -29,11 +30,6 @@ def minutes_trained(path: epath.Path, step: int) -> float:
             if record.get("step", step + 1) <= step:
                 minutes = max(minutes, float(record.get("minutes", 0.0)))
     return minutes
-
-
-def save_png(path: epath.Path, grid: np.ndarray) -> None:
-    with path.open("wb") as f:
-        Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(f, format="PNG")
 
 
 class RunLog:
@@ -77,7 +73,8 @@ class RunLog:
         if not self.active:
             return
         self._tb.add_image(name, grid, step, dataformats="HWC")
-        save_png(self.workdir / "samples" / filename, grid)
+        with (self.workdir / "samples" / filename).open("wb") as f:  # also on gs://
+            to_pil(grid).save(f, format="PNG")
 
     def close(self) -> None:
         if self._tb is not None:

@@ -31,7 +31,7 @@ from absl import logging
 from etils import epath
 from tqdm import tqdm
 
-from spiral_jax import checkpoints, experiment, train_step
+from spiral_jax import checkpoints, experiment, pictures, train_step
 from spiral_jax.experiment import Experiment, TrainState
 from spiral_jax.image_grid import make_grid
 from spiral_jax.run_log import RunLog
@@ -83,10 +83,7 @@ def write_config(workdir: epath.Path, config: ml_collections.ConfigDict) -> None
 def sample_grid(exp: Experiment, params: Any, key: Any, targets: Any = None) -> np.ndarray:
     """A uint8 grid of NUM_SAMPLES paintings; with targets, (target, painting) pairs."""
     canvases = np.asarray(exp.sampler(NUM_SAMPLES)(params, key, targets).final_canvas)
-    if targets is None:
-        return make_grid(canvases, ncols=8)
-    pairs = np.stack([np.asarray(targets), canvases], axis=1)
-    return make_grid(pairs.reshape((-1,) + canvases.shape[1:]), ncols=8)
+    return pictures.sample_grid(canvases, None if targets is None else np.asarray(targets))
 
 
 def train_and_evaluate(
