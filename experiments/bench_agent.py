@@ -3,8 +3,10 @@ r"""Speed of SPIRAL's agent: parameters, FLOPs per step, agent + environment ste
     python -m experiments.bench_agent
     python -m experiments.bench_agent --configs=small --batch_sizes=1,16,64,256
 
-For each agent size (`paper`: SPIRAL's network; `small`: the CPU variant) on SPIRAL's
-paper environment (64x64 colour canvas, grid 32, brush sizes 1-24, pressure, 20-step
+For each agent size (`paper`: SPIRAL's network, `AgentConfig()`; `mnist5k`: the agent
+of the mnist5k config, SPIRAL's with 16 channels and 2 residual blocks; `small`: a
+smaller CPU variant, 16 channels, 2 residual blocks, LSTM 64) on SPIRAL's paper
+environment (64x64 colour canvas, grid 32, brush sizes 1-24, pressure, 20-step
 episodes) it prints:
 
 * the parameter count;
@@ -34,19 +36,36 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
+from experiments.configs import mnist5k
 from spiral_jax import agent as agent_lib
 from spiral_jax import rollout as rollout_lib
 from spiral_jax.envs.libmypaint import LibMyPaint
 
-_CONFIGS = flags.DEFINE_list("configs", ["paper", "small"], "Agent sizes: paper, small.")
+# The agents timed, by name.
+CONFIGS = {
+    "paper": agent_lib.AgentConfig(),  # SPIRAL's network
+    "mnist5k": agent_lib.AgentConfig(**mnist5k.get_config().agent),  # the offline default's
+    "small": agent_lib.AgentConfig(  # a CPU variant
+        channels=16,
+        num_res_blocks=2,
+        lstm_size=64,
+        torso_output=64,
+        cond_hidden=(32, 16),
+        noise_hidden=(32, 16),
+        embed_dim=16,
+        residual_hidden=(16, 32),
+    ),
+}
+
+_CONFIGS = flags.DEFINE_list(
+    "configs", ["paper", "mnist5k", "small"], f"Agent sizes: {', '.join(CONFIGS)}."
+)
 _BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["1", "16", "64"], "Episodes in parallel.")
 _MIN_SECONDS = flags.DEFINE_float("min_seconds", 2.0, "Time each measurement at least this.")
 _CANVAS = flags.DEFINE_integer("canvas_width", 64, "Canvas width.")
 _GRID = flags.DEFINE_integer("grid_width", 32, "Action grid width.")
 _EPISODE_LENGTH = flags.DEFINE_integer("episode_length", 20, "Observations per episode.")
 _LEARNER = flags.DEFINE_bool("learner", True, "Also time unroll forward + backward.")
-
-CONFIGS = {"paper": agent_lib.PAPER, "small": agent_lib.SMALL}
 
 
 def timed(fn: Callable[[], Any], min_seconds: float, min_calls: int = 3) -> float:
@@ -74,7 +93,8 @@ def flops_of(compiled: Any) -> float:
 def step_inputs(agent: agent_lib.SpiralAgent, env: LibMyPaint, batch: int) -> tuple:
     obs = agent_lib.dummy_observation(agent, env.observation_shape, batch)
     state = agent_lib.initial_state(agent.action_spec, agent.config, batch)
-    noise = jnp.zeros((batch, agent.config.noise_dim), jnp.float32)
+    dim = agent.config.episode_noise_dim
+    noise = jnp.zeros((batch, dim), jnp.float32) if dim else None
     return obs, jnp.zeros((batch,), jnp.int32), state, noise, jax.random.key(1)
 
 

@@ -31,7 +31,7 @@ _CHILD = r"""
 import json, sys, time
 import jax
 from experiments.configs import mnist, mnist5k, small
-from spiral_jax import train
+from spiral_jax import experiment, train_step
 name, steps, paper_batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 if name == "paper":
     config = mnist.get_config()
@@ -41,9 +41,9 @@ if name == "paper":
         config.batch_size = paper_batch
 else:
     config = {"small": small, "mnist5k": mnist5k}[name].get_config()
-trainer = train.make_trainer(config)
-state = trainer.init(jax.random.PRNGKey(0))
-step = trainer.make_train_step()
+exp = experiment.build(config)
+state = exp.init_state(jax.random.PRNGKey(0))
+step = train_step.make_train_step(exp)
 start = time.perf_counter()
 state, metrics = step(state, jax.random.PRNGKey(0))
 jax.block_until_ready(metrics)
@@ -55,8 +55,8 @@ jax.block_until_ready(metrics)
 seconds = time.perf_counter() - start
 print(json.dumps(dict(
     devices=jax.device_count(), batch=config.batch_size,
-    frames_per_step=trainer.frames_per_step(), compile_s=compile_s,
-    fps=trainer.frames_per_step() * steps / seconds, platform=jax.devices()[0].platform,
+    frames_per_step=exp.frames_per_step(), compile_s=compile_s,
+    fps=exp.frames_per_step() * steps / seconds, platform=jax.devices()[0].platform,
 )))
 """
 

@@ -129,6 +129,8 @@ class AgentConfig:
                 f"agent.lstm_size={self.lstm_size}: must be a multiple of 16 (z is reshaped "
                 f"to 4x4xC)"
             )
+        if not isinstance(self.conditional, bool):
+            raise ValueError(f"agent.conditional={self.conditional!r}: must be a bool")
         check_compute_dtype(self.dtype, "agent.dtype")
         for name in ("cond_hidden", "noise_hidden", "residual_hidden"):
             widths = getattr(self, name)

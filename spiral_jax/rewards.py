@@ -43,6 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from spiral_jax.gan_losses import GAN_REWARDS
 from spiral_jax.types import LAST, Array
 
 #: Reward kinds a config can name (the penalties add to any of them).
@@ -71,10 +72,16 @@ class RewardConfig:
     empty_penalty: float = 0.0  # for an empty final canvas (SPIRAL's MNIST runs)
 
     def __post_init__(self) -> None:
-        if isinstance(self.l2_pools, (list, int)):  # JSON gives lists
-            object.__setattr__(self, "l2_pools", check_pools(self.l2_pools))
-        check_reward(self.kind)
-        check_pools(self.l2_pools)
+        try:
+            check_reward(self.kind)
+        except ValueError as e:
+            raise ValueError(f"reward.kind={self.kind!r}: {e}") from None
+        try:
+            object.__setattr__(self, "l2_pools", check_pools(self.l2_pools))  # JSON: lists
+        except ValueError as e:
+            raise ValueError(f"reward.l2_pools={self.l2_pools!r}: {e}") from None
+        if self.gan_reward not in GAN_REWARDS:
+            raise ValueError(f"reward.gan_reward={self.gan_reward!r}: allowed: {GAN_REWARDS}")
         if not self.scale > 0:
             raise ValueError(f"reward.scale={self.scale!r}: must be > 0")
         if not 0.0 <= self.discount <= 1.0:

@@ -1,4 +1,4 @@
-"""Names shared by the environments, the networks and the learner, defined once."""
+"""Names and checks shared by the environments, the networks and the learners."""
 
 from __future__ import annotations
 
@@ -28,3 +28,15 @@ def cast_floating(tree: Any, dtype: Any) -> Any:
     return jax.tree.map(
         lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree
     )
+
+
+def check_adam(section: str, learning_rate: Any, b1: Any, b2: Any, eps: Any) -> None:
+    """One-line ValueErrors for Adam's settings in config section `section`."""
+    for name, value, ok, allowed in (
+        ("learning_rate", learning_rate, lambda v: v > 0, "> 0"),
+        ("b1", b1, lambda v: 0 <= v < 1, "in [0, 1)"),
+        ("b2", b2, lambda v: 0 <= v < 1, "in [0, 1)"),
+        ("eps", eps, lambda v: v > 0, "> 0"),
+    ):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
+            raise ValueError(f"{section}.{name}={value!r}: must be a number {allowed}")

@@ -1,21 +1,26 @@
-"""Tests of SPIRAL's agent network (spiral_jax.agent).
+"""Tests of SPIRAL's agent network (spiral_jax.agent) and of the action space it acts
+in (spiral_jax.action_space).
 
-Small nets (the SMALL config, 32x32 canvases, 8x8 grids) keep this fast; the only
-paper-sized net is traced for shapes (no compilation) to count its parameters.
+Small nets (`SMALL` below, 32x32 canvases, 8x8 grids) keep this fast; the only
+paper-sized net is traced for shapes (no compilation) to count its parameters. The
+layers it is built from are tested in test_layers.py.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from spiral_jax import action_space as AS
 from spiral_jax import agent as A
+from spiral_jax.layers import LSTMState
+from spiral_jax.types import FIRST
 
 B, T = 3, 6
 CANVAS = 32
@@ -30,13 +35,24 @@ FULL_SPEC = {
     "green": 20,
     "blue": 20,
 }
+# A variant small enough for a CPU (the sizes of the former `agent.SMALL`).
+SMALL = A.AgentConfig(
+    channels=16,
+    num_res_blocks=2,
+    lstm_size=64,
+    torso_output=64,
+    cond_hidden=(32, 16),
+    noise_hidden=(32, 16),
+    embed_dim=16,
+    residual_hidden=(16, 32),
+)
 # sd of a standard normal truncated at +-2 (what "truncated normal with sd s" has).
 TRUNC_SD = 0.8796256610342398
 
 
 @pytest.fixture(scope="module")
 def small():
-    agent = A.make_agent(FULL_SPEC, A.SMALL)
+    agent = A.make_agent(FULL_SPEC, SMALL)
     params = A.init_params(agent, jax.random.key(0), (CANVAS, CANVAS, 3))
     step = jax.jit(functools.partial(agent.apply, method=A.SpiralAgent.step))
     unroll = jax.jit(functools.partial(agent.apply, method=A.SpiralAgent.unroll))
@@ -55,8 +71,8 @@ def _env_like_inputs(seed: int, step_types: np.ndarray, channels: int = 3):
 def _masks_seen(prev_flag: jnp.ndarray, step_type: jnp.ndarray, names) -> dict:
     """The mask an environment reports in an observation: that of the previous action,
     and the move mask at FIRST (SPIRAL does this)."""
-    flag = jnp.where(step_type == A.FIRST, 0, prev_flag)
-    return A.action_masks(flag, names)
+    flag = jnp.where(step_type == FIRST, 0, prev_flag)
+    return AS.action_masks(flag, names)
 
 
 def _run_steps(agent, params, step, step_types, canvas, noise, key):
@@ -89,8 +105,8 @@ def test_sampled_log_prob_equals_unroll_log_prob(small):
         agent, params, step, step_types, canvas, noise, jax.random.key(7)
     )
     out = unroll(params, obs, step_types, actions, noise, state0)
-    masks = A.action_masks(actions["flag"], agent.action_spec)
-    sampled_lp = A.masked_log_probs(logits, actions, masks)
+    masks = AS.action_masks(actions["flag"], agent.action_spec)
+    sampled_lp = AS.masked_log_probs(logits, actions, masks)
     for k in logits:
         np.testing.assert_allclose(out.logits[k], logits[k], atol=2e-5, rtol=1e-5)
         np.testing.assert_allclose(out.log_probs[k], sampled_lp[k], atol=2e-5, rtol=1e-5)
@@ -140,9 +156,9 @@ def test_masked_log_probs_and_entropies_match_float64_numpy():
         k: rng.normal(scale=3.0, size=shape + (n,)).astype(np.float32) for k, n in spec.items()
     }
     actions = {k: rng.integers(0, n, size=shape).astype(np.int32) for k, n in spec.items()}
-    masks = A.action_masks(jnp.asarray(actions["flag"]), tuple(spec))
-    lp = A.masked_log_probs({k: jnp.asarray(v) for k, v in logits.items()}, actions, masks)
-    ent = A.masked_entropies({k: jnp.asarray(v) for k, v in logits.items()}, masks)
+    masks = AS.action_masks(jnp.asarray(actions["flag"]), tuple(spec))
+    lp = AS.masked_log_probs({k: jnp.asarray(v) for k, v in logits.items()}, actions, masks)
+    ent = AS.masked_entropies({k: jnp.asarray(v) for k, v in logits.items()}, masks)
     for k, lg in logits.items():
         x = lg.astype(np.float64)
         logz = np.log(np.exp(x - x.max(-1, keepdims=True)).sum(-1)) + x.max(-1)
@@ -155,45 +171,12 @@ def test_masked_log_probs_and_entropies_match_float64_numpy():
         np.testing.assert_allclose(ent[k], want_ent, rtol=1e-5, atol=1e-5)
 
 
-def test_lstm_matches_float64_numpy_with_resets():
-    rng = np.random.default_rng(5)
-    t, b, i, h = 5, 2, 3, 4
-    xs = rng.normal(size=(t, b, i)).astype(np.float32)
-    resets = np.zeros((t, b), bool)
-    resets[2, 1] = resets[0, 0] = True
-    h0 = rng.normal(size=(b, h)).astype(np.float32)
-    c0 = rng.normal(size=(b, h)).astype(np.float32)
-    lstm = A.SonnetLSTM(h)
-    state = A.LSTMState(hidden=jnp.asarray(h0), cell=jnp.asarray(c0))
-    params = lstm.init(jax.random.key(0), xs, resets, state)
-    outs, final = lstm.apply(params, xs, resets, state)
-
-    w = np.asarray(params["params"]["w_gates"], np.float64)
-    bias = np.asarray(params["params"]["b_gates"], np.float64)
-    sig = lambda v: 1.0 / (1.0 + np.exp(-v))  # noqa: E731
-    hp, cp = h0.astype(np.float64), c0.astype(np.float64)
-    want = []
-    for s in range(t):
-        hp = np.where(resets[s][:, None], 0.0, hp)
-        cp = np.where(resets[s][:, None], 0.0, cp)
-        gates = np.concatenate([xs[s], hp], -1) @ w + bias
-        gi, gj, gf, go = np.split(gates, 4, -1)
-        cp = sig(gf + 1.0) * cp + sig(gi) * np.tanh(gj)
-        hp = np.tanh(cp) * sig(go)
-        want.append(hp)
-    np.testing.assert_allclose(outs, np.stack(want), atol=1e-5)
-    np.testing.assert_allclose(final.cell, cp, atol=1e-5)
-    # Sonnet's LSTM initialiser: W and b both truncated normal, sd 1/sqrt(in + hidden).
-    assert np.all(np.abs(w) <= 2.0 / math.sqrt(i + h) + 1e-7)
-    assert np.any(bias != 0.0)
-
-
 def test_lstm_state_resets_at_first_steps(small):
     """Outputs from a FIRST step on do not depend on anything before it."""
     agent, params, _, unroll = small
     step_types = np.ones((T, B), np.int32)
-    step_types[0] = A.FIRST
-    step_types[3] = A.FIRST
+    step_types[0] = FIRST
+    step_types[3] = FIRST
     step_types = jnp.asarray(step_types)
     rng = np.random.default_rng(6)
 
@@ -228,7 +211,7 @@ def test_lstm_state_resets_at_first_steps(small):
     # And a non-zero incoming state is ignored at a FIRST step.
     k = jax.random.key(1)
     noisy = A.AgentState(
-        lstm=A.LSTMState(
+        lstm=LSTMState(
             hidden=jax.random.normal(k, (B, agent.config.lstm_size)),
             cell=jax.random.normal(jax.random.fold_in(k, 1), (B, agent.config.lstm_size)),
         ),
@@ -249,30 +232,42 @@ def test_heads_are_autoregressive_in_spiral_order(small):
     base = {k: jnp.asarray(rng.integers(0, n, size=(4,)), jnp.int32) for k, n in FULL_SPEC.items()}
     heads = A.AutoregressiveHeads(agent.action_spec, agent.config)
     hp = {"params": params["params"]["heads"]}
-    logits0, taken = heads.apply(hp, z, actions=base)
+    apply = jax.jit(lambda actions: heads.apply(hp, z, actions=actions))
+    logits0, taken = apply(base)
     for k in FULL_SPEC:
         np.testing.assert_array_equal(taken[k], base[k])
-    order = A.HEAD_ORDER
+    order = AS.HEAD_ORDER
     for i, k in enumerate(order[:-1]):
         changed = dict(base)
         changed[k] = (base[k] + 1) % FULL_SPEC[k]
-        logits1, _ = heads.apply(hp, z, actions=changed)
+        logits1, _ = apply(changed)
         for before in order[: i + 1]:
             np.testing.assert_array_equal(logits1[before], logits0[before])
         assert not np.allclose(logits1[order[i + 1]], logits0[order[i + 1]])
 
 
 def test_sampling_follows_the_logits(small):
-    """With identical inputs across a batch of 3000, the sampled `flag` frequencies match
-    softmax(logits) within 4 standard errors, and so do those of `end` given the flag
-    (its logits depend on the sampled flag, nothing else)."""
+    """With identical inputs, 3000 sampled `flag`s match softmax(logits) in frequency
+    within 4 standard errors, and so do the `end`s given the flag (its logits depend on
+    the sampled flag, nothing else).
+
+    The 3000 samples are 1000 calls of the batch-of-3 step the other tests compile
+    (keys folded from one): compiling and running the step for a batch of 3000 would
+    take several times longer."""
     agent, params, step, _ = small
-    n = 3000
-    obs = A.dummy_observation(agent, (CANVAS, CANVAS, 3), n)
-    state = A.initial_state(agent.action_spec, agent.config, n)
-    noise = jnp.ones((n, 10), jnp.float32)
-    first = jnp.zeros((n,), jnp.int32)
-    out, _ = step(params, obs, first, state, noise, jax.random.key(9))
+    calls = 1000
+    obs = A.dummy_observation(agent, (CANVAS, CANVAS, 3), B)
+    state = A.initial_state(agent.action_spec, agent.config, B)
+    noise = jnp.ones((B, 10), jnp.float32)
+    first = jnp.zeros((B,), jnp.int32)
+
+    def sample(key: jax.Array, n_calls: int):
+        outs = [step(params, obs, first, state, noise, jax.random.fold_in(key, i))[0]
+                for i in range(n_calls)]
+        return jax.tree.map(lambda *x: np.concatenate(x), *jax.device_get(outs))
+
+    out = sample(jax.random.key(9), calls)
+    assert out.action["flag"].shape == (B * calls,)
 
     def check(logits: np.ndarray, actions: np.ndarray) -> None:
         np.testing.assert_allclose(logits, np.broadcast_to(logits[0], logits.shape), atol=1e-6)
@@ -288,20 +283,20 @@ def test_sampling_follows_the_logits(small):
         assert (flag == f).sum() > 100
         check(np.asarray(out.logits["end"])[flag == f], np.asarray(out.action["end"])[flag == f])
     # Same key, same actions; another key, other actions.
-    again, _ = step(params, obs, first, state, noise, jax.random.key(9))
-    other, _ = step(params, obs, first, state, noise, jax.random.key(10))
-    np.testing.assert_array_equal(again.action["end"], out.action["end"])
-    assert np.any(other.action["end"] != out.action["end"])
+    again = sample(jax.random.key(9), 20)
+    other = sample(jax.random.key(10), 20)
+    np.testing.assert_array_equal(again.action["end"], out.action["end"][: 20 * B])
+    assert np.any(other.action["end"] != out.action["end"][: 20 * B])
 
 
 def test_location_features_are_y_x_in_minus_one_one():
     g = 8
     idx = jnp.arange(g * g)
-    feats = np.asarray(A._action_features("end", idx, g * g, g))
+    feats = np.asarray(AS.action_features("end", idx, g * g, g))
     y, x = np.divmod(np.arange(g * g), g)
     np.testing.assert_allclose(feats[:, 0], -1 + 2 * y / (g - 1), atol=1e-6)
     np.testing.assert_allclose(feats[:, 1], -1 + 2 * x / (g - 1), atol=1e-6)
-    onehot = np.asarray(A._action_features("size", jnp.array([2]), 4, g))
+    onehot = np.asarray(AS.action_features("size", jnp.array([2]), 4, g))
     np.testing.assert_array_equal(onehot, [[0, 0, 1, 0]])
 
 
@@ -330,7 +325,7 @@ def _count_paper_params(channels_in: int, spec: dict, grid: int, canvas: int) ->
 
 def test_paper_sized_agent_parameter_count():
     spec = dict(FULL_SPEC, control=1024, end=1024, size=6)
-    agent = A.make_agent(spec, A.PAPER)
+    agent = A.make_agent(spec, A.AgentConfig())
     shapes = jax.eval_shape(
         functools.partial(agent.init, method=A.SpiralAgent.step),
         jax.random.key(0),
@@ -358,7 +353,7 @@ def test_paper_sized_agent_parameter_count():
 def test_shapes(channels, conditional, canvas, grid, parts):
     nums = dict(FULL_SPEC, control=grid * grid, end=grid * grid)
     spec = {k: nums[k] for k in parts}
-    config = A.AgentConfig(**{**A.SMALL.__dict__, "conditional": conditional})
+    config = dataclasses.replace(SMALL, conditional=conditional)
     agent = A.make_agent(spec, config)
     obs = A.dummy_observation(agent, (canvas, canvas, channels), B)
     state = A.initial_state(agent.action_spec, config, B)
@@ -413,10 +408,8 @@ def test_init_params_follow_sonnet_initialisers(small):
             assert abs(x.std() * math.sqrt(fan) / TRUNC_SD - 1.0) < 0.06, jax.tree_util.keystr(path)
             checked += 1
     assert checked >= 5
-    # The modules' own initialiser (used by agent.init) draws the same distribution.
-    w = np.asarray(A.sonnet_init()(jax.random.key(3), (3, 3, 16, 32)), np.float64)
-    assert abs(w.std() * math.sqrt(3 * 3 * 16) / TRUNC_SD - 1.0) < 0.06
-    assert np.all(np.abs(w) <= 2.0 / math.sqrt(3 * 3 * 16))
+    # The modules' own initialiser (used by agent.init) draws the same distribution:
+    # test_layers.py::test_sonnet_init_statistics.
 
 
 def test_bad_configurations_raise():
@@ -430,14 +423,14 @@ def test_bad_configurations_raise():
         A.make_agent(dict(FULL_SPEC, flag=3))
     with pytest.raises(ValueError, match="lacks 'end'"):
         A.make_agent({"control": 64, "flag": 2})
-    with pytest.raises(ValueError, match="multiple of 16"):
+    with pytest.raises(ValueError, match="agent.lstm_size=72: must be a multiple of 16"):
         A.make_agent(FULL_SPEC, A.AgentConfig(lstm_size=72))
-    with pytest.raises(ValueError, match="num_res_blocks"):
+    with pytest.raises(ValueError, match="agent.num_res_blocks=-1: must be an int >= 0"):
         A.make_agent(FULL_SPEC, A.AgentConfig(num_res_blocks=-1))
-    agent = A.make_agent(FULL_SPEC, A.SMALL)
+    agent = A.make_agent(FULL_SPEC, SMALL)
     with pytest.raises(ValueError, match="canvas width must be 8"):
         A.init_params(agent, jax.random.key(0), (48, 48, 3))
-    cond = A.make_agent(FULL_SPEC, A.AgentConfig(**{**A.SMALL.__dict__, "conditional": True}))
+    cond = A.make_agent(FULL_SPEC, dataclasses.replace(SMALL, conditional=True))
     obs = A.dummy_observation(agent, (CANVAS, CANVAS, 3), 1)  # no target
     with pytest.raises(ValueError, match="needs observation\\['target'\\]"):
         jax.eval_shape(
@@ -451,78 +444,6 @@ def test_bad_configurations_raise():
         )
 
 
-def _np_conv_4x4_s2(x: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Float64 brute force of a 4x4 stride-2 SAME conv (pad 1 before, 1 after):
-    y[i, j] = sum_{ky, kx} x[2i + ky - 1, 2j + kx - 1] w[ky, kx]."""
-    n, h, wd, _ = x.shape
-    y = np.zeros((n, h // 2, wd // 2, w.shape[-1]))
-    for i in range(h // 2):
-        for j in range(wd // 2):
-            for ky in range(4):
-                for kx in range(4):
-                    yy, xx = 2 * i + ky - 1, 2 * j + kx - 1
-                    if 0 <= yy < h and 0 <= xx < wd:
-                        y[:, i, j] += x[:, yy, xx] @ w[ky, kx]
-    return y
-
-
-def _np_conv_transpose_4x4_s2(x: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Float64 brute force of lax.conv_transpose(stride 2, SAME) with a 4x4 kernel:
-    input (i, j) reaches output (2i + 2 - ky, 2j + 2 - kx) through tap (ky, kx)."""
-    n, h, wd, _ = x.shape
-    y = np.zeros((n, 2 * h, 2 * wd, w.shape[-1]))
-    for i in range(h):
-        for j in range(wd):
-            for ky in range(4):
-                for kx in range(4):
-                    oy, ox = 2 * i + 2 - ky, 2 * j + 2 - kx
-                    if 0 <= oy < 2 * h and 0 <= ox < 2 * wd:
-                        y[:, oy, ox] += x[:, i, j] @ w[ky, kx]
-    return y
-
-
-def test_fast_strided_conv_and_transposed_conv_match_brute_force():
-    rng = np.random.default_rng(12)
-    x = rng.normal(size=(2, 8, 6, 3))
-    w = rng.normal(size=(4, 4, 3, 5))
-    got = A.conv_4x4_s2(jnp.asarray(x, jnp.float32), jnp.asarray(w, jnp.float32))
-    np.testing.assert_allclose(got, _np_conv_4x4_s2(x, w), atol=1e-4)
-    got_t = A.conv_transpose_4x4_s2(jnp.asarray(x, jnp.float32), jnp.asarray(w, jnp.float32))
-    np.testing.assert_allclose(got_t, _np_conv_transpose_4x4_s2(x, w), atol=1e-4)
-    # The same function as Flax's own layers with the same parameters.
-    for fast, ref in (
-        (A.ConvTranspose4x4(5), nn.ConvTranspose(5, (4, 4), (2, 2))),
-        (A.StridedConv(5), nn.Conv(5, (4, 4), (2, 2))),
-    ):
-        params = fast.init(jax.random.key(0), jnp.asarray(x, jnp.float32))
-        params = jax.tree.map(lambda p: p + 0.1, params)  # non-zero bias too
-        np.testing.assert_allclose(
-            fast.apply(params, jnp.asarray(x, jnp.float32)),
-            ref.apply(params, jnp.asarray(x, jnp.float32)),
-            atol=1e-5,
-        )
-
-
-def test_fast_strided_conv_gradients_match_autodiff():
-    """conv_4x4_s2's custom input gradient equals autodiff through lax's convolution."""
-    rng = np.random.default_rng(13)
-    x = jnp.asarray(rng.normal(size=(2, 8, 8, 3)), jnp.float32)
-    w = jnp.asarray(rng.normal(size=(4, 4, 3, 5)), jnp.float32)
-    g = jnp.asarray(rng.normal(size=(2, 4, 4, 5)), jnp.float32)
-
-    def plain(x, w):
-        return jax.lax.conv_general_dilated(
-            x, w, (2, 2), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
-        )
-
-    _, vjp_fast = jax.vjp(A.conv_4x4_s2, x, w)
-    _, vjp_ref = jax.vjp(plain, x, w)
-    for got, want in zip(vjp_fast(g), vjp_ref(g), strict=True):
-        np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-5)
-    with pytest.raises(ValueError, match="even height and width"):
-        A.StridedConv(4).init(jax.random.key(0), jnp.ones((1, 7, 8, 3)))
-
-
 def test_torso_inputs_coordinates_and_masked_previous_action(small):
     """The first conv sees canvas, then x (varying along the width), then y; the
     previous action reaches the torso only through the parts its mask lets through."""
@@ -534,8 +455,8 @@ def test_torso_inputs_coordinates_and_masked_previous_action(small):
         np.random.default_rng(14).uniform(size=(n, CANVAS, CANVAS, 3)), jnp.float32
     )
     noise = jnp.zeros((n, 10))
-    move = A.action_masks(jnp.zeros((n,), jnp.int32), agent.action_spec)
-    prev = A.zero_action(agent.action_spec, (n,))
+    move = AS.action_masks(jnp.zeros((n,), jnp.int32), agent.action_spec)
+    prev = AS.zero_action(agent.action_spec, (n,))
 
     @jax.jit
     def conv_out(kernel, prev, mask):
@@ -565,10 +486,75 @@ def test_torso_inputs_coordinates_and_masked_previous_action(small):
     changed_size = dict(prev, size=jnp.full((n,), 2, jnp.int32))
     _, masked = conv_out(kernel, changed_size, move)  # 'size' does not count after a move
     np.testing.assert_array_equal(masked, base)
-    paint = A.action_masks(jnp.ones((n,), jnp.int32), agent.action_spec)
+    paint = AS.action_masks(jnp.ones((n,), jnp.int32), agent.action_spec)
     _, paint_base = conv_out(kernel, prev, paint)
     _, paint_changed = conv_out(kernel, changed_size, paint)
     assert not np.allclose(paint_changed, paint_base)
     changed_end = dict(prev, end=jnp.full((n,), 9, jnp.int32))
     _, moved = conv_out(kernel, changed_end, move)  # 'end' counts after a move
     assert not np.allclose(moved, base)
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("channels", 0, r"agent\.channels=0: must be a positive int"),
+        ("lstm_size", 16.0, r"agent\.lstm_size=16\.0: must be a positive int"),
+        ("torso_output", -4, r"agent\.torso_output=-4: must be a positive int"),
+        ("embed_dim", True, r"agent\.embed_dim=True: must be a positive int"),
+        ("num_res_blocks", -1, r"agent\.num_res_blocks=-1: must be an int >= 0"),
+        ("noise_dim", 2.5, r"agent\.noise_dim=2\.5: must be an int >= 0"),
+        ("lstm_size", 40, r"agent\.lstm_size=40: must be a multiple of 16"),
+        ("dtype", "float16", r"agent\.dtype='float16'; allowed: \('float32', 'bfloat16'\)"),
+        ("cond_hidden", (64, 0), r"agent\.cond_hidden=\(64, 0\): must be a tuple of positive"),
+        ("noise_hidden", [8, -1], r"agent\.noise_hidden=\(8, -1\): must be a tuple of"),
+        ("residual_hidden", 16, r"agent\.residual_hidden=16: must be a tuple of positive"),
+    ],
+)
+def test_agent_config_raises_one_line_naming_field_and_value(field, value, message):
+    with pytest.raises(ValueError, match=message) as err:
+        A.AgentConfig(**{field: value})
+    assert "\n" not in str(err.value)
+
+
+def test_agent_config_from_json_lists_and_episode_noise():
+    # A config.json gives lists: they become tuples (the agent's config is hashed as a
+    # static attribute of the Flax module).
+    config = A.AgentConfig(cond_hidden=[32, 16], noise_hidden=[32, 16],
+                           residual_hidden=[16, 32])
+    assert (config.cond_hidden, config.noise_hidden, config.residual_hidden) == (
+        (32, 16), (32, 16), (16, 32))
+    assert all(isinstance(getattr(config, name), tuple)
+               for name in ("cond_hidden", "noise_hidden", "residual_hidden"))
+    hash(config)
+    # The defaults are SPIRAL's network.
+    paper = A.AgentConfig()
+    assert (paper.channels, paper.num_res_blocks, paper.lstm_size, paper.torso_output) == (
+        32, 8, 256, 256)
+    assert (paper.cond_hidden, paper.noise_hidden, paper.residual_hidden) == (
+        (64, 32), (64, 32), (16, 32))
+    assert (paper.embed_dim, paper.noise_dim, paper.conditional, paper.dtype) == (
+        16, 10, False, "float32")
+    # Conditional agents get no noise; unconditional ones noise_dim (0 = none).
+    assert paper.episode_noise_dim == 10
+    assert dataclasses.replace(paper, conditional=True).episode_noise_dim == 0
+    assert dataclasses.replace(paper, noise_dim=0).episode_noise_dim == 0
+
+
+def test_conditional_agent_has_no_noise_mlp():
+    """A conditional agent sees its target, not noise: no noise MLP, and the noise
+    argument (None in rollouts) does not matter."""
+    cond = A.make_agent(FULL_SPEC, dataclasses.replace(SMALL, conditional=True))
+    obs = A.dummy_observation(cond, (CANVAS, CANVAS, 1), 1)
+    args = (obs, jnp.zeros((1,), jnp.int32), A.initial_state(cond.action_spec, cond.config, 1))
+    params = jax.eval_shape(functools.partial(cond.init, method=A.SpiralAgent.step),
+                            jax.random.key(0), *args, None, jax.random.key(0))
+    assert "noise_mlp" not in params["params"]["torso"]
+    assert "target" in obs
+    plain = A.make_agent(FULL_SPEC, SMALL)
+    plain_obs = A.dummy_observation(plain, (CANVAS, CANVAS, 1), 1)
+    plain_params = jax.eval_shape(
+        functools.partial(plain.init, method=A.SpiralAgent.step), jax.random.key(0),
+        plain_obs, *args[1:], jnp.zeros((1, SMALL.noise_dim)), jax.random.key(0))
+    assert "noise_mlp" in plain_params["params"]["torso"]
+    assert "target" not in plain_obs

@@ -10,7 +10,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from experiments.configs import small
-from spiral_jax import checkpoints, train
+from spiral_jax import checkpoints, experiment
 from spiral_jax import datasets as data_lib
 
 
@@ -19,10 +19,10 @@ def dataset():
     return data_lib.load("mnist5k", "train", image_size=16, channels=1, max_examples=64)
 
 
-def _trainer(dataset, ema_decay: float) -> train.Trainer:
+def _experiment(dataset, ema_decay: float) -> experiment.Experiment:
     config = small.get_config()
     config.learner.ema_decay = ema_decay
-    return train.make_trainer(config, dataset=dataset)
+    return experiment.build(config, dataset=dataset)
 
 
 def _save(path, step, item):
@@ -41,27 +41,27 @@ def _assert_same(a, b):
 
 @pytest.mark.parametrize("ema_decay", [0.0, 0.9])
 def test_a_state_restores_as_saved(dataset, tmp_path, ema_decay):
-    trainer = _trainer(dataset, ema_decay)
-    saved = trainer.init(jax.random.PRNGKey(1)).replace(step=np.int32(5))
+    exp = _experiment(dataset, ema_decay)
+    saved = exp.init_state(jax.random.PRNGKey(1)).replace(step=np.int32(5))
     if ema_decay:
-        saved = saved.replace(policy_ema=trainer.init(jax.random.PRNGKey(3)).policy_params)
+        saved = saved.replace(policy_ema=exp.init_state(jax.random.PRNGKey(3)).policy_params)
     mngr = _save(tmp_path / "ckpt", 5, saved)
-    restored = checkpoints.restore_state(mngr, 5, trainer.init(jax.random.PRNGKey(2)))
+    restored = checkpoints.restore_state(mngr, 5, exp.init_state(jax.random.PRNGKey(2)))
     _assert_same(saved, restored)
     assert (restored.policy_ema is None) == (not ema_decay)
 
 
 def test_a_checkpoint_from_before_the_average_restores_without_one(dataset, tmp_path):
-    trainer = _trainer(dataset, 0.0)
-    saved = trainer.init(jax.random.PRNGKey(1))
+    exp = _experiment(dataset, 0.0)
+    saved = exp.init_state(jax.random.PRNGKey(1))
     # What older versions wrote: every field but policy_ema, stored by name.
     old = {f.name: getattr(saved, f.name) for f in dataclasses.fields(saved)
            if f.name != "policy_ema"}
     mngr = _save(tmp_path / "old", 3, old)
-    restored = checkpoints.restore_state(mngr, 3, trainer.init(jax.random.PRNGKey(2)))
-    assert isinstance(restored, train.TrainState) and restored.policy_ema is None
+    restored = checkpoints.restore_state(mngr, 3, exp.init_state(jax.random.PRNGKey(2)))
+    assert isinstance(restored, experiment.TrainState) and restored.policy_ema is None
     _assert_same(saved, restored)
     # A run that keeps an average cannot make one up from such a checkpoint.
-    like = _trainer(dataset, 0.9).init(jax.random.PRNGKey(2))
+    like = _experiment(dataset, 0.9).init_state(jax.random.PRNGKey(2))
     with pytest.raises(ValueError):
         checkpoints.restore_state(mngr, 3, like)

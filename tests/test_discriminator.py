@@ -1,8 +1,8 @@
-"""Tests of SPIRAL's discriminator and its losses (spiral_jax.discriminator).
+"""Tests of SPIRAL's discriminator network (spiral_jax.discriminator).
 
-References are independent: a float64 numpy forward pass of the network, closed forms
-for linear and quadratic critics (whose input gradients are known exactly), numpy's
-SVD for spectral normalisation.
+References are independent: a float64 numpy forward pass of the network, the closed
+input gradient of a linear critic, numpy's SVD for spectral normalisation. Its losses
+are tested in test_gan_losses.py, its strided convolution in test_layers.py.
 """
 
 from __future__ import annotations
@@ -15,6 +15,11 @@ import numpy as np
 import pytest
 
 from spiral_jax import discriminator as D
+from spiral_jax import gan_losses as G
+
+# SPIRAL's discriminator for 64x64 canvases, and a smaller one.
+PAPER = D.DiscriminatorConfig()
+SMALL = D.DiscriminatorConfig(channels=(16, 32, 64))
 
 
 def _init(config: D.DiscriminatorConfig, shape, seed: int = 0):
@@ -35,10 +40,10 @@ def _images(seed: int, shape) -> np.ndarray:
     "config, shape, flat",
     [
         # 28 -> 14 -> 7 -> 4 with SAME padding: 4 * 4 * 64 features reach the last layer.
-        (D.SMALL, (28, 28, 1), 4 * 4 * 64),
-        (D.SMALL, (32, 32, 3), 4 * 4 * 64),
-        (D.SMALL, (64, 64, 3), 8 * 8 * 64),
-        (D.PAPER, (64, 64, 3), 4 * 4 * 512),
+        (SMALL, (28, 28, 1), 4 * 4 * 64),
+        (SMALL, (32, 32, 3), 4 * 4 * 64),
+        (SMALL, (64, 64, 3), 8 * 8 * 64),
+        (PAPER, (64, 64, 3), 4 * 4 * 512),
         (D.DiscriminatorConfig(channels=(8, 16), conditional=True), (28, 28, 1), 7 * 7 * 16),
     ],
 )
@@ -77,7 +82,7 @@ def test_score_canvases_over_time_and_batch():
 
 def test_initialiser_statistics():
     """Sonnet 1's initialiser: truncated normal (+-2 sd), sd 1/sqrt(fan_in); zero bias."""
-    _, variables = _init(D.PAPER, (64, 64, 3))
+    _, variables = _init(PAPER, (64, 64, 3))
     trunc_sd = 0.8796256610342398  # sd of N(0, 1) truncated at +-2
     for name, layer in variables["params"].items():
         kernel = np.asarray(layer["kernel"], np.float64)
@@ -151,7 +156,7 @@ def test_cpu_friendly_conv_is_the_same_function_to_second_order():
     outs = []
     for disc in (fast, plain):
         outs.append(jax.jit(jax.value_and_grad(
-            lambda p, disc=disc: D.wgan_gp_loss(D.critic_fn(disc), p, real, fake,
+            lambda p, disc=disc: G.wgan_gp_loss(D.critic_fn(disc), p, real, fake,
                                                 jax.random.key(0), gp_weight=10.0),
             has_aux=True))(params))
     (loss_a, m_a), g_a = outs[0]
@@ -163,12 +168,41 @@ def test_cpu_friendly_conv_is_the_same_function_to_second_order():
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
 
 
-def test_bad_config_and_inputs():
-    for bad in (dict(channels=[64, 128]), dict(channels=(64, 0)), dict(dtype="float16"),
-                dict(power_iterations=0), dict(leaky_slope=1.5), dict(kernel_size=0),
-                dict(spectral_norm=1), dict(cpu_friendly_conv="yes")):
-        with pytest.raises(ValueError, match=next(iter(bad))):
-            D.make_discriminator(D.DiscriminatorConfig(**bad))
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("channels", (64, 0), r"disc\.channels=\(64, 0\): must be a tuple of positive ints"),
+        ("channels", [64, -1], r"disc\.channels=\(64, -1\): must be a tuple of positive ints"),
+        ("channels", (64, True), r"disc\.channels=\(64, True\): must be"),
+        ("channels", "64", r"disc\.channels='64': must be"),
+        ("dtype", "float16", r"disc\.dtype='float16'; allowed: \('float32', 'bfloat16'\)"),
+        ("power_iterations", 0, r"disc\.power_iterations=0: must be an int >= 1"),
+        ("leaky_slope", 1.5, r"disc\.leaky_slope=1\.5: must be in \[0, 1\)"),
+        ("kernel_size", 0, r"disc\.kernel_size=0: must be a positive int"),
+        ("spectral_norm", 1, r"disc\.spectral_norm=1: must be a bool"),
+        ("cpu_friendly_conv", "yes", r"disc\.cpu_friendly_conv='yes': must be a bool"),
+        ("conditional", None, r"disc\.conditional=None: must be a bool"),
+    ],
+)
+def test_bad_config_raises_one_line_naming_field_and_value(field, value, message):
+    with pytest.raises(ValueError, match=message) as err:
+        D.DiscriminatorConfig(**{field: value})
+    assert "\n" not in str(err.value)
+
+
+def test_config_from_json_lists_and_defaults():
+    # A config.json gives lists: they become the tuples the module hashes.
+    config = D.DiscriminatorConfig(channels=[64, 128])
+    assert config.channels == (64, 128) and isinstance(config.channels, tuple)
+    assert config == D.DiscriminatorConfig(channels=(64, 128))
+    hash(config)  # a Flax module attribute must be hashable
+    D.make_discriminator(config)
+    # The defaults are SPIRAL's 64x64 critic without spectral norm.
+    assert PAPER.channels == (64, 128, 256, 512) and not PAPER.spectral_norm
+    assert (PAPER.kernel_size, PAPER.leaky_slope, PAPER.power_iterations) == (4, 0.2, 1)
+
+
+def test_bad_inputs():
     disc, variables = _init(D.DiscriminatorConfig(channels=(4,), conditional=True), (8, 8, 1))
     x = jnp.zeros((2, 8, 8, 1))
     with pytest.raises(ValueError, match="conditional"):
@@ -191,191 +225,9 @@ def test_bad_config_and_inputs():
         D.init_variables(plain, jax.random.key(0), (8, 8))
 
 
-# ----------------------------------------------------------------------------------------
-# WGAN-GP: closed forms on linear and quadratic critics.
-
-
-def _linear_critic(shape, conditional=False, seed=0, spectral_norm=False):
+def _linear_critic(shape, seed=0, spectral_norm=False):
     """channels=() makes D(x) = <w, flatten(x)> + b: its input gradient is w everywhere."""
-    config = D.DiscriminatorConfig(channels=(), conditional=conditional,
-                                   spectral_norm=spectral_norm)
-    return _init(config, shape, seed)
-
-
-@pytest.mark.parametrize("conditional", [False, True])
-def test_wgan_gp_loss_closed_form_on_linear_critic(conditional):
-    shape = (5, 5, 2)
-    disc, variables = _linear_critic(shape, conditional, seed=1)
-    params = variables["params"]
-    w = np.asarray(params["logit"]["kernel"], np.float64)[:, 0]
-    bias = 0.3
-    params = {"logit": {"kernel": params["logit"]["kernel"], "bias": jnp.array([bias])}}
-    real = _images(2, (4,) + shape)
-    fake = _images(3, (4,) + shape)
-    fake_target = _images(4, (4,) + shape) if conditional else None
-
-    def d_np(canvas, target):
-        x = canvas if target is None else np.concatenate([canvas, target], axis=-1)
-        return x.reshape(len(x), -1).astype(np.float64) @ w + bias
-
-    d_real = d_np(real, real if conditional else None)  # real pairs: (target, target)
-    d_fake = d_np(fake, fake_target)
-    for gp_weight, gp_target, drift_weight in [(1.0, 1.0, 1e-3), (10.0, 0.5, 0.0),
-                                               (0.0, 1.0, 0.1)]:
-        loss, metrics = D.wgan_gp_loss(
-            D.critic_fn(disc), params, jnp.asarray(real), jnp.asarray(fake),
-            jax.random.key(7),
-            fake_target=None if fake_target is None else jnp.asarray(fake_target),
-            gp_weight=gp_weight, gp_target=gp_target, drift_weight=drift_weight,
-        )
-        # Gradient of <w, x> is w at every interpolate: the penalty is (||w|| - target)^2
-        # whatever the interpolation weights.
-        gp = (np.linalg.norm(w) - gp_target) ** 2
-        want = (d_fake.mean() - d_real.mean() + gp_weight * gp
-                + drift_weight * np.mean(d_real**2))
-        assert float(loss) == pytest.approx(want, rel=1e-5, abs=1e-6)
-        assert float(metrics["gradient_penalty"]) == pytest.approx(gp, rel=1e-5)
-        assert float(metrics["grad_norm"]) == pytest.approx(np.linalg.norm(w), rel=1e-5)
-        assert float(metrics["wasserstein"]) == pytest.approx(d_real.mean() - d_fake.mean(),
-                                                              rel=1e-5, abs=1e-6)
-        assert float(metrics["drift"]) == pytest.approx(np.mean(d_real**2), rel=1e-5)
-
-
-def test_gradient_penalty_quadratic_critic_matches_numpy():
-    """D(x) = sum(a * x^2) + <v, x>: grad = 2 a x + v, a closed form at every point."""
-    rng = np.random.default_rng(0)
-    shape = (3, 4, 4, 2)
-    a = rng.normal(size=shape[1:])
-    v = rng.normal(size=shape[1:]) * 0.1
-
-    def apply_fn(params, canvas, target):
-        del target
-        return jnp.sum(params["a"] * canvas**2 + params["v"] * canvas, axis=(1, 2, 3))
-
-    params = {"a": jnp.asarray(a, jnp.float32), "v": jnp.asarray(v, jnp.float32)}
-    real, fake = _images(1, shape), _images(2, shape)
-    key = jax.random.key(3)
-    x_hat, t_hat, eps = D.interpolates(key, jnp.asarray(real), jnp.asarray(fake))
-    eps = np.asarray(eps, np.float64)
-    assert t_hat is None and np.all((eps >= 0) & (eps <= 1)) and len(np.unique(eps)) == 3
-    e = eps[:, None, None, None]
-    x_np = e * real + (1 - e) * fake
-    np.testing.assert_allclose(np.asarray(x_hat), x_np, rtol=1e-6, atol=1e-6)
-    norms_np = np.linalg.norm((2 * a * x_np + v).reshape(3, -1), axis=1)
-    gp, norms = D.gradient_penalty(apply_fn, params, x_hat, None, gp_target=1.0)
-    np.testing.assert_allclose(np.asarray(norms), norms_np, rtol=1e-5)
-    assert float(gp) == pytest.approx(np.mean((norms_np - 1.0) ** 2), rel=1e-5)
-    # The loss's penalty is taken at exactly these interpolates (same key).
-    _, metrics = D.wgan_gp_loss(apply_fn, params, jnp.asarray(real), jnp.asarray(fake), key,
-                                gp_weight=2.0)
-    assert float(metrics["gradient_penalty"]) == pytest.approx(float(gp), rel=1e-6)
-    # Explicit eps (e.g. from per-example keys) is used as given.
-    _, explicit = D.wgan_gp_loss(apply_fn, params, jnp.asarray(real), jnp.asarray(fake), None,
-                                 gp_weight=2.0, eps=jnp.asarray(eps, jnp.float32))
-    assert float(explicit["gradient_penalty"]) == pytest.approx(float(gp), rel=1e-6)
-    with pytest.raises(ValueError, match="eps must have shape"):
-        D.wgan_gp_loss(apply_fn, params, jnp.asarray(real), jnp.asarray(fake), None,
-                       eps=jnp.zeros((2,)))
-    with pytest.raises(ValueError, match="key or explicit eps"):
-        D.wgan_gp_loss(apply_fn, params, jnp.asarray(real), jnp.asarray(fake), None)
-    # And it is a function of the key.
-    _, other = D.wgan_gp_loss(apply_fn, params, jnp.asarray(real), jnp.asarray(fake),
-                              jax.random.key(4))
-    assert float(other["gradient_penalty"]) != float(metrics["gradient_penalty"])
-
-
-def test_gradient_penalty_is_differentiable_where_the_critic_is_flat():
-    """A zero gradient at an interpolate must not give NaN (sqrt at 0)."""
-
-    def apply_fn(params, canvas, target):
-        return params["c"] * jnp.sum(canvas, axis=(1, 2, 3))
-
-    real = jnp.ones((2, 3, 3, 1))
-    grads = jax.grad(lambda p: D.wgan_gp_loss(apply_fn, p, real, real * 0.5,
-                                              jax.random.key(0))[0])({"c": jnp.float32(0.0)})
-    assert np.isfinite(float(grads["c"]))
-
-
-def test_wgan_sign_convention_training_separates_real_from_fake():
-    """Minimising the critic loss raises D(real) and lowers D(fake)."""
-    shape = (4, 4, 1)
-    disc, variables = _linear_critic(shape)
-    params = variables["params"]
-    real = jnp.asarray(_images(1, (8,) + shape) * 0.3 + 0.7)  # light images
-    fake = jnp.asarray(_images(2, (8,) + shape) * 0.3)  # dark images
-    loss_fn = functools.partial(D.wgan_gp_loss, D.critic_fn(disc), real=real, fake=fake,
-                                key=jax.random.key(0), gp_weight=0.0, drift_weight=0.0)
-    gap0 = -float(loss_fn(params)[0])
-    for _ in range(3):
-        grads = jax.grad(lambda p: loss_fn(p)[0])(params)
-        params = jax.tree_util.tree_map(lambda p, g: p - 0.1 * g, params, grads)
-    _, metrics = loss_fn(params)
-    assert float(metrics["wasserstein"]) > gap0 + 0.1
-    assert float(metrics["d_real"]) > float(metrics["d_fake"])
-
-
-def test_gradient_penalty_rejects_unpaired_batches():
-    disc, variables = _linear_critic((4, 4, 1))
-    with pytest.raises(ValueError, match="one to one"):
-        D.wgan_gp_loss(D.critic_fn(disc), variables["params"], jnp.zeros((4, 4, 4, 1)),
-                       jnp.zeros((3, 4, 4, 1)), jax.random.key(0))
-    with pytest.raises(ValueError, match="differ in shape"):
-        D.gan_loss(D.critic_fn(disc), variables["params"], jnp.zeros((4, 4, 4, 1)),
-                   jnp.zeros((4, 5, 4, 1)))
-    with pytest.raises(ValueError, match="fake_target"):
-        D.gan_loss(D.critic_fn(disc), variables["params"], jnp.zeros((4, 4, 4, 1)),
-                   jnp.zeros((4, 4, 4, 1)), fake_target=jnp.zeros((3, 4, 4, 1)))
-
-
-# ----------------------------------------------------------------------------------------
-# Standard GAN loss and the generator's reward.
-
-
-def test_gan_loss_matches_numpy_and_sign():
-    def apply_fn(params, canvas, target):
-        del target
-        return params["s"] * (jnp.mean(canvas, axis=(1, 2, 3)) - 0.5)
-
-    real = _images(1, (5, 3, 3, 1)) * 0.5 + 0.5
-    fake = _images(2, (7, 3, 3, 1)) * 0.5  # batches may differ in size
-    params = {"s": jnp.float32(1.5)}
-    loss, metrics = D.gan_loss(apply_fn, params, jnp.asarray(real), jnp.asarray(fake))
-    lr = 1.5 * (real.reshape(5, -1).mean(1) - 0.5)
-    lf = 1.5 * (fake.reshape(7, -1).mean(1) - 0.5)
-
-    def log_sigmoid(z):
-        return -np.log1p(np.exp(-z))
-
-    want = -np.mean(log_sigmoid(lr)) - np.mean(log_sigmoid(-lf))
-    assert float(loss) == pytest.approx(want, rel=1e-5)
-    assert float(metrics["accuracy"]) == pytest.approx(
-        0.5 * (np.mean(lr > 0) + np.mean(lf < 0)))
-    # A gradient step makes D more confident in the right direction.
-    g = jax.grad(lambda p: D.gan_loss(apply_fn, p, jnp.asarray(real), jnp.asarray(fake))[0])(
-        params)
-    assert float(g["s"]) < 0
-
-
-def test_discriminator_loss_dispatch_and_generator_reward():
-    def apply_fn(params, canvas, target):
-        return params * jnp.mean(canvas, axis=(1, 2, 3))
-
-    real, fake = jnp.asarray(_images(0, (4, 2, 2, 1))), jnp.asarray(_images(1, (4, 2, 2, 1)))
-    key = jax.random.key(0)
-    for name, fn in (("wgan_gp", D.wgan_gp_loss), ("gan", D.gan_loss)):
-        got = D.discriminator_loss(name, apply_fn, jnp.float32(2.0), real, fake, key)[0]
-        assert float(got) == float(fn(apply_fn, jnp.float32(2.0), real, fake, key)[0])
-    with pytest.raises(ValueError, match="wgan"):
-        D.discriminator_loss("hinge", apply_fn, 1.0, real, fake, key)
-
-    scores = jnp.asarray([-30.0, -2.0, 0.0, 3.0])
-    np.testing.assert_array_equal(np.asarray(D.generator_reward(scores, "wgan_gp")), scores)
-    np.testing.assert_array_equal(np.asarray(D.generator_reward(scores, "gan")), scores)
-    want = -np.log1p(np.exp(-np.asarray(scores, np.float64)))
-    np.testing.assert_allclose(
-        np.asarray(D.generator_reward(scores, "gan", "log_sigmoid")), want, rtol=1e-6)
-    with pytest.raises(ValueError, match="gan_reward"):
-        D.generator_reward(scores, "gan", "sigmoid")
+    return _init(D.DiscriminatorConfig(channels=(), spectral_norm=spectral_norm), shape, seed)
 
 
 # ----------------------------------------------------------------------------------------
@@ -425,11 +277,11 @@ def test_spectral_norm_linear_critic_has_unit_input_gradient():
     disc, variables = _linear_critic(shape, spectral_norm=True, seed=2)
     params, spectral = D.split_variables(variables)
     x = jnp.asarray(_images(0, (3,) + shape))
-    _, norms = D.gradient_penalty(D.critic_fn(disc, spectral), params, x)
+    _, norms = G.gradient_penalty(D.critic_fn(disc, spectral), params, x)
     np.testing.assert_allclose(np.asarray(norms), 1.0, rtol=1e-5)
     # Without spectral norm the same kernel has gradient norm ||w||, not 1.
     plain, _ = _linear_critic(shape)
-    _, raw = D.gradient_penalty(D.critic_fn(plain), params, x)
+    _, raw = G.gradient_penalty(D.critic_fn(plain), params, x)
     w = np.asarray(params["logit"]["kernel"])
     np.testing.assert_allclose(np.asarray(raw), np.linalg.norm(w), rtol=1e-5)
 
@@ -445,7 +297,7 @@ def test_spectral_norm_gradients_reach_params_only_and_train_under_jit():
     @jax.jit
     def train_step(params, spectral):
         def loss(p):
-            return D.gan_loss(D.critic_fn(disc, spectral), p, real, fake, fake_target=real)
+            return G.gan_loss(D.critic_fn(disc, spectral), p, real, fake, fake_target=real)
 
         (value, metrics), grads = jax.value_and_grad(loss, has_aux=True)(params)
         params = jax.tree_util.tree_map(lambda p, g: p - 0.05 * g, params, grads)
@@ -483,9 +335,9 @@ def test_bfloat16_compute_has_no_nans_and_tracks_float32(spectral_norm):
     scores32 = D.critic_fn(f32, spectral)(params, real)
     assert scores16.dtype == jnp.float32
     np.testing.assert_allclose(np.asarray(scores16), np.asarray(scores32), rtol=0.1, atol=0.03)
-    for name in D.LOSSES:
+    for name in G.LOSSES:
         (loss, metrics), grads = jax.jit(jax.value_and_grad(
-            lambda p, name=name: D.discriminator_loss(name, apply_bf16, p, real, fake,
+            lambda p, name=name: G.discriminator_loss(name, apply_bf16, p, real, fake,
                                                       jax.random.key(0)),
             has_aux=True))(params)
         leaves = [loss, *metrics.values(), *jax.tree_util.tree_leaves(grads)]

@@ -37,7 +37,8 @@ def _finite_numbers(tree) -> list[float]:
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory) -> pathlib.Path:
     """Two train steps of the `small` config, with an in-training Fréchet distance
-    after each."""
+    after each. (Settings that change no compiled program match tests/test_train.py's
+    run, so that the session's compilation cache serves both.)"""
     workdir = tmp_path_factory.mktemp("run")
     config = small.get_config()
     config.num_train_steps = 2
@@ -45,7 +46,7 @@ def trained_run(tmp_path_factory) -> pathlib.Path:
     config.sample_every = 100
     config.max_examples = 256
     config.eval_every = 1
-    config.eval_episodes = 8
+    config.eval_episodes = 16
     train.train_and_evaluate(config, workdir)
     return workdir
 
@@ -180,7 +181,7 @@ def test_a_run_with_a_policy_average_is_evaluated_with_it(tmp_path):
     for a, b in zip(jax.tree.leaves(saved.policy_ema), jax.tree.leaves(restored.eval_params),
                     strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    kwargs = dict(num_episodes=6, batch_size=6, gif_episodes=1, grid_samples=2)
+    kwargs = dict(num_episodes=6, batch_size=4, gif_episodes=1, grid_samples=2)
     metrics = ev.evaluate(workdir, out_dir=tmp_path / "out", **kwargs)
     assert metrics["agent_params"] == "moving average (decay 0.9)"
     # The learner's own parameters are painted beside it, with the same key: an average

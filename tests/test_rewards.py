@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import types
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from spiral_jax import rewards as RW
-from spiral_jax.agent import FIRST, LAST, MID
+from spiral_jax.types import FIRST, LAST, MID
 
 T, B = 6, 3
 rng = np.random.default_rng(0)
@@ -270,3 +272,98 @@ def test_standardize_scores_over_a_mapped_axis_uses_the_whole_batch():
     out = jax.vmap(lambda x: RW.standardize_scores(x, axis_name="d"), axis_name="d")(split)
     ref = (s - s.mean()) / np.sqrt(s.var() + 1e-6)
     np.testing.assert_allclose(out.transpose(1, 0, 2).reshape(4, 6), ref, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------
+# RewardConfig and episode_rewards.
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("kind", "wasserstein",
+         r"reward.kind='wasserstein': unknown reward 'wasserstein'; allowed: \('terminal_d'"),
+        ("discount", 1.5, r"reward\.discount=1\.5: must be in \[0, 1\]"),
+        ("discount", -0.1, r"reward\.discount=-0\.1: must be in \[0, 1\]"),
+        ("scale", 0.0, r"reward\.scale=0\.0: must be > 0"),
+        ("stroke_penalty", -0.1, r"reward\.stroke_penalty=-0\.1: must be >= 0"),
+        ("empty_penalty", -1, r"reward\.empty_penalty=-1: must be >= 0"),
+        ("l2_pools", [], r"pools must name at least one pooling factor"),
+        ("l2_pools", [1, 0],
+         r"reward.l2_pools=\[1, 0\]: pooling factors must be positive ints, got 0 in \(1, 0\)"),
+    ],
+)
+def test_reward_config_raises_one_line_naming_the_bad_value(field, value, message):
+    with pytest.raises(ValueError, match=message) as err:
+        RW.RewardConfig(**{field: value})
+    assert "\n" not in str(err.value)
+
+
+def test_reward_config_rejects_an_unknown_gan_reward():
+    with pytest.raises(ValueError, match=r"gan_reward.*'sigmoid'"):
+        RW.RewardConfig(gan_reward="sigmoid")
+
+
+def test_reward_config_from_json_lists():
+    # A config.json gives lists (and a bare int is one factor): they become tuples.
+    assert RW.RewardConfig(l2_pools=[1, 2, 4]).l2_pools == (1, 2, 4)
+    assert RW.RewardConfig(l2_pools=2).l2_pools == (2,)
+    cfg = RW.RewardConfig(kind="l2", l2_pools=[1, 2])
+    assert cfg == RW.RewardConfig(kind="l2", l2_pools=(1, 2))
+    hash(cfg)
+    assert cfg.needs_target and RW.RewardConfig(kind="l2_per_step").needs_target
+    assert not RW.RewardConfig().needs_target
+    assert RW.RewardConfig().kind == "terminal_d" and RW.RewardConfig().discount == 1.0
+
+
+def _fake_trajectory():
+    """A whole-episode `rollout.Trajectory`'s fields that `episode_rewards` reads."""
+    r = np.random.default_rng(7)
+    canvases = np.ones((T + 1, B, 4, 4, 1), np.float32)  # c_0 blank .. c_T final
+    canvases[1:] = r.uniform(size=(T, B, 4, 4, 1))
+    canvases[-1, 0] = 1.0  # episode 0 ends on an empty canvas
+    flag = r.integers(0, 2, size=(T, B)).astype(np.int32)
+    prev_flag = np.vstack([np.zeros((1, B), np.int32), flag[:-1]]).astype(np.float32)
+    next_step_type = np.full((T, B), MID, np.int32)
+    next_step_type[-1] = LAST
+    traj = types.SimpleNamespace(
+        observation={"canvas": jnp.asarray(canvases[:-1]),
+                     "action_mask": {"control": jnp.asarray(prev_flag)}},
+        next_canvas=jnp.asarray(canvases[1:]),
+        final_canvas=jnp.asarray(canvases[-1]),
+        next_step_type=jnp.asarray(next_step_type),
+        action={"flag": jnp.asarray(flag)},
+    )
+    return traj, canvases, flag, prev_flag
+
+
+@pytest.mark.parametrize("kind", RW.REWARDS)
+def test_episode_rewards_pays_what_the_config_says(kind):
+    traj, canvases, flag, prev_flag = _fake_trajectory()
+    target = rng.uniform(size=(B, 4, 4, 1)).astype(np.float32)
+    is_last = _whole_episode_is_last()
+
+    def d_score(c):  # a stand-in critic: the mean ink, any leading axes
+        return 1.0 - jnp.mean(c, axis=(-3, -2, -1))
+
+    cfg = RW.RewardConfig(kind=kind, scale=2.0, stroke_penalty=0.1, empty_penalty=0.5,
+                          l2_pools=(1, 2))
+    got = np.asarray(RW.episode_rewards(cfg, traj, jnp.asarray(target), d_score))
+    ink = 1.0 - canvases.reshape(T + 1, B, -1).astype(np.float64).mean(-1)  # [T + 1, B]
+    l2 = np.mean([_pooled_mse_numpy(canvases, np.broadcast_to(target, canvases.shape), f)
+                  for f in (1, 2)], axis=0)
+    base = {
+        "terminal_d": np.where(is_last, ink[-1], 0.0),
+        "per_step_d": np.diff(ink, axis=0),
+        "l2": np.where(is_last, -l2[-1], 0.0),
+        "l2_per_step": l2[:-1] - l2[1:],
+    }[kind]
+    new_strokes = (flag == 1) & (prev_flag == 0)
+    empty = np.where(is_last, 1.0 - np.any(canvases[-1] != 1.0, axis=(1, 2, 3)), 0.0)
+    want = 2.0 * base - 0.1 * new_strokes - 0.5 * empty
+    assert empty[-1, 0] == 1.0 and new_strokes.any()  # both penalties are exercised
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+    # No penalties, scale 1: the bare reward.
+    plain = RW.episode_rewards(RW.RewardConfig(kind=kind, l2_pools=(1, 2)), traj,
+                               jnp.asarray(target), d_score)
+    np.testing.assert_allclose(np.asarray(plain), base, rtol=1e-4, atol=1e-6)

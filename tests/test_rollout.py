@@ -1,12 +1,14 @@
 """Tests of on-device rollouts (spiral_jax.rollout).
 
 Most tests use `FakePaintEnv`, a cheap environment with LibMyPaint's interface that
-paints a filled grid cell per stroke, so that compiling stays fast; one test rolls
-the real LibMyPaint environment.
+paints a filled grid cell per stroke, so that compiling stays fast; one test (marked
+slow: compiling the real environment takes half a minute on a CPU) rolls the real
+LibMyPaint environment.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections import OrderedDict
 
 import jax
@@ -18,9 +20,21 @@ from flax import struct
 from spiral_jax import agent as A
 from spiral_jax import rollout as R
 from spiral_jax import vtrace
+from spiral_jax.types import FIRST, LAST, MID
 
-FIRST, MID, LAST = 0, 1, 2
-MOVE_PARTS = ("flag", "end")
+MOVE_PARTS = ("flag", "end")  # the parts a move (flag 0) uses
+
+# A small agent (the sizes of the former `agent.SMALL`).
+SMALL = A.AgentConfig(
+    channels=16,
+    num_res_blocks=2,
+    lstm_size=64,
+    torso_output=64,
+    cond_hidden=(32, 16),
+    noise_hidden=(32, 16),
+    embed_dim=16,
+    residual_hidden=(16, 32),
+)
 
 
 class FakeTimeStep(struct.PyTreeNode):
@@ -100,7 +114,7 @@ UNROLL = jax.jit(
 
 
 def _setup(env, conditional=False):
-    config = A.AgentConfig(**{**A.SMALL.__dict__, "conditional": conditional})
+    config = dataclasses.replace(SMALL, conditional=conditional)
     agent = A.make_agent(env.action_spec(), config)
     params = A.init_params(agent, jax.random.key(0), env.observation_shape)
     return agent, params
@@ -194,7 +208,7 @@ def test_behaviour_log_prob_equals_unroll(fake):
 
 
 def test_greedy_rollout_takes_each_parts_argmax(fake):
-    env, agent, params, _ = fake
+    env, agent, params, episodes = fake
     greedy = R.make_episode_rollout(env, agent, B, greedy=True)
     traj = greedy(params, jax.random.key(2))
     # The logits recorded at each step were computed with the earlier parts' choices
@@ -204,7 +218,7 @@ def test_greedy_rollout_takes_each_parts_argmax(fake):
         np.testing.assert_array_equal(traj.action[k], np.argmax(np.asarray(logits), -1))
         np.testing.assert_allclose(out.logits[k], logits, atol=2e-5, rtol=1e-5)
     # Not what sampling does with the same key.
-    sampled = R.make_episode_rollout(env, agent, B)(params, jax.random.key(2))
+    sampled = episodes(params, jax.random.key(2))
     assert any(np.any(sampled.action[k] != traj.action[k]) for k in traj.action)
 
 
@@ -274,6 +288,7 @@ def test_grayscale_conditional_rollout():
         R.make_rollout(FakePaintEnv(), agent, 3)
 
 
+@pytest.mark.slow  # compiling the real environment's step twice takes ~30 s on 2 cores
 def test_real_libmypaint_episode():
     from spiral_jax.envs.libmypaint import LibMyPaint
 

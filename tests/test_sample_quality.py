@@ -15,12 +15,12 @@ from spiral_jax.sample_quality import FrechetToTrainingDigits, check_eval_config
 
 def test_frechet_to_training_digits_is_zero_for_the_training_digits():
     config = small.get_config()
-    config.eval_episodes = 64
+    config.eval_episodes = 16
     dataset = data_lib.load("mnist5k", "train", image_size=16, channels=1, max_examples=256)
     exp = experiment.build(config, dataset=dataset)
     frechet = FrechetToTrainingDigits(exp)
     train_digits = data_lib.load("mnist5k", "train", image_size=16, channels=1,
-                                 max_examples=64).as_float()
+                                 max_examples=16).as_float()
     blank = np.ones_like(train_digits)
     classifier = digit_classifier.load_default()
     # The real side is the first eval_episodes training digits: painting exactly those
@@ -36,7 +36,7 @@ def test_frechet_to_training_digits_is_zero_for_the_training_digits():
     state = exp.init_state(jax.random.PRNGKey(0))
     del frechet.paint
     canvases = frechet.paint(state.policy_params, jax.random.PRNGKey(1))
-    assert canvases.shape == (64, 16, 16, 1)
+    assert canvases.shape == (16, 16, 16, 1)
     assert np.isfinite(frechet(state.policy_params, jax.random.PRNGKey(1)))
 
 
