@@ -318,7 +318,7 @@ def test_spectral_norm_gradients_reach_params_only_and_train_under_jit():
 # bfloat16.
 
 
-@pytest.mark.parametrize("spectral_norm", [False, True])
+@pytest.mark.parametrize("spectral_norm", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_bfloat16_compute_has_no_nans_and_tracks_float32(spectral_norm):
     shape = (14, 14, 1)  # 14 -> 7 -> 4: both kinds of strided conv
     config = D.DiscriminatorConfig(channels=(8, 16), spectral_norm=spectral_norm,

@@ -1,6 +1,6 @@
-"""spiral_jax.evaluate end to end: a tiny run trained in-process and conditional
-checkpoints written in-process, evaluated into pictures, a GIF and metrics; and the
-`experiments.evaluate` command line (slow)."""
+"""spiral_jax.evaluate: checkpoints written in-process (unconditional and conditional)
+evaluated into pictures, a GIF and metrics; end to end (slow), a tiny run trained
+in-process and evaluated, and the `experiments.evaluate` command line."""
 
 from __future__ import annotations
 
@@ -58,8 +58,8 @@ def _check_unconditional_table(table: str) -> None:
     assert "agent, online params" in table and "agent, online, greedy" in table
 
 
-def _check_unconditional_metrics(metrics: dict, eval_dir: pathlib.Path) -> None:
-    assert metrics["step"] == 2 and not metrics["conditional"]
+def _check_unconditional_metrics(metrics: dict, eval_dir: pathlib.Path, step: int = 2) -> None:
+    assert metrics["step"] == step and not metrics["conditional"]
     assert metrics["num_episodes"] == 12 and metrics["num_real"] == 12
     assert set(metrics["baselines"]) == {"blank_canvas", "random_policy"}
     assert set(metrics["references"]) == {"real_train_images"}
@@ -84,6 +84,26 @@ def _check_unconditional_metrics(metrics: dict, eval_dir: pathlib.Path) -> None:
     assert samples.size == (8 * 18 + 2, 18 + 2)  # 6 paintings of 16 px in a row of 8
 
 
+@pytest.mark.slow
+def test_evaluates_an_unconditional_checkpoint(tmp_path):
+    workdir = tmp_path / "uncond"
+    config = small.get_config()  # keeps a parameter average, as mnist5k does
+    config.max_examples = 256
+    exp = experiment.build(config)
+    state = exp.init_state(jax.random.PRNGKey(1)).replace(step=np.int32(5))
+    # An average unlike the parameters, as after training.
+    state = state.replace(policy_ema=exp.init_state(jax.random.PRNGKey(2)).policy_params)
+    workdir.mkdir()
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+    _save(workdir, 5, state)
+    metrics = ev.evaluate(workdir, **UNCONDITIONAL)
+    _check_unconditional_metrics(metrics, workdir / "eval", step=5)
+    assert json.loads((workdir / "eval" / "metrics.json").read_text()) == json.loads(
+        json.dumps(metrics))
+    _check_unconditional_table(ev.format_table(metrics))
+
+
+@pytest.mark.slow
 def test_evaluates_an_unconditional_run(trained_run):
     metrics = ev.evaluate(trained_run, **UNCONDITIONAL)
     eval_dir = trained_run / "eval"
@@ -92,6 +112,7 @@ def test_evaluates_an_unconditional_run(trained_run):
     _check_unconditional_table(ev.format_table(metrics))
 
 
+@pytest.mark.slow
 def test_the_best_checkpoint_is_kept_and_evaluated(trained_run):
     records = [json.loads(line) for line in (trained_run / "metrics.jsonl").open()]
     distances = {r["step"]: r["frechet_train"] for r in records if "frechet_train" in r}
@@ -174,6 +195,7 @@ def test_evaluate_conditional_run_with_baselines_and_references(tmp_path):
     assert "MSE / blank" in ev.format_table(metrics)
 
 
+@pytest.mark.slow
 def test_a_run_with_a_policy_average_is_evaluated_with_it(tmp_path):
     workdir = tmp_path / "ema"
     exp, saved = _conditional_run(workdir, step=3, ema_decay=0.9)

@@ -133,7 +133,8 @@ def test_action_spec_order_and_dropped_parts():
 
 def test_time_steps_masks_and_episode_end():
     env = LibMyPaint(episode_length=4, canvas_width=16, grid_width=8)
-    state, ts = env.reset(jax.random.PRNGKey(0))
+    step = jax.jit(env.step)  # eager stepping is tested in test_eager_jit_vmap_scan_agree
+    state, ts = jax.jit(env.reset)(jax.random.PRNGKey(0))
     assert int(ts.step_type) == FIRST and int(ts.observation["episode_step"]) == 0
     move_mask = {k: float(v) for k, v in ts.observation["action_mask"].items()}
     assert move_mask == {"control": 0, "end": 1, "flag": 1, "pressure": 0, "size": 0,
@@ -142,7 +143,7 @@ def test_time_steps_masks_and_episode_end():
     move = paint | {"flag": jnp.asarray(0)}
     types, discounts = [], []
     for action in (paint, move, paint):
-        state, ts = env.step(state, action)
+        state, ts = step(state, action)
         types.append(int(ts.step_type))
         discounts.append(float(ts.discount))
         assert float(ts.reward) == 0.0
@@ -152,7 +153,7 @@ def test_time_steps_masks_and_episode_end():
     assert types == [MID, MID, LAST] and discounts == [1.0, 1.0, 0.0]
     assert int(ts.observation["episode_step"]) == 3
     # Stepping a LAST state starts a new episode and ignores the action.
-    state, ts = env.step(state, paint)
+    state, ts = step(state, paint)
     assert int(ts.step_type) == FIRST and int(ts.observation["episode_step"]) == 0
     np.testing.assert_array_equal(np.asarray(ts.observation["canvas"]), 1.0)
 

@@ -232,6 +232,7 @@ def test_same_key_same_rollout(fake):
     assert np.any(np.asarray(a.action["end"]) != np.asarray(c.action["end"]))
 
 
+@pytest.mark.slow  # continuing unrolls: the training step rolls whole episodes
 def test_continuing_rollouts_carry_state_across_calls(fake):
     env, agent, params, _ = fake
     steps = 3  # episodes of 5 observations: the second call crosses an episode boundary

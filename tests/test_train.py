@@ -1,5 +1,9 @@
-"""`train_and_evaluate`, the whole run in-process: outputs, resume, stop conditions;
-and the `experiments.train` command line end to end (slow)."""
+"""The training run (`spiral_jax.train`) and its step (`spiral_jax.train_step`).
+
+`train_and_evaluate` in-process: outputs, resume, stop conditions; the jitted step:
+every loss and reward trains, the average's update rule; slow: two devices equal one,
+and the `experiments.train` command line end to end. (One file, so that the tests that
+compile `small`'s train step share one compilation in one test process.)"""
 
 from __future__ import annotations
 
@@ -8,19 +12,25 @@ import os
 import pathlib
 import subprocess
 import sys
+import textwrap
 
+import jax
 import numpy as np
 import pytest
 
 from experiments.configs import small
-from spiral_jax import train
+from spiral_jax import datasets as data_lib
+from spiral_jax import experiment, train, train_step
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _config(**overrides):
+    """`small`, with one critic update per step: the loop does not depend on how many,
+    and the step compiles faster (the same program as the average's test below)."""
     config = small.get_config()
     config.max_examples = 256
+    config.disc_learner.updates_per_step = 1
     for k, v in overrides.items():
         config[k] = v
     return config
@@ -71,6 +81,168 @@ def test_a_run_writes_its_outputs_resumes_and_stops_on_time(tmp_path, capsys):
     state = train.train_and_evaluate(config, tmp_path, max_minutes=1e-6)
     assert int(state.step) == 6
     assert "--max_minutes=1e-06 reached at step 6" in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    return data_lib.load("mnist5k", "train", image_size=16, channels=1, max_examples=256)
+
+
+def _run_steps(config, dataset, n):
+    exp = experiment.build(config, dataset=dataset)
+    state = exp.init_state(jax.random.PRNGKey(0))
+    step = train_step.make_train_step(exp)
+    history = []
+    for i in range(n):
+        state, metrics = step(state, jax.random.PRNGKey(i))
+        history.append({k: float(v) for k, v in jax.device_get(metrics).items()})
+    return state, history
+
+
+def _finite(tree) -> bool:
+    return all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(tree))
+
+
+def _moved(a, b) -> bool:
+    return any(not np.allclose(x, y)
+               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+
+
+# SPIRAL: WGAN-GP critic, D's score of the final canvas. SPIRAL++: spectral-norm GAN,
+# per-step credit, discount 0.9, penalties. Conditional: the paper's L2 baseline, D
+# still trained on pairs. The CPU recipes: pooled per-step L2, scaled, normalised
+# entropy; standardised critic scores with 5 critic updates.
+CASES = {
+    "spiral": dict(loss="wgan_gp", reward="terminal_d"),
+    "spiral++": dict(loss="gan", reward="per_step_d", discount=0.9, stroke=0.01, empty=0.1),
+    "l2-conditional": dict(loss="wgan_gp", reward="l2", conditional=True, passes=2),
+    "l2-per-step-bf16": dict(loss="gan", reward="l2_per_step", conditional=True,
+                             dtype="bfloat16"),
+    "conditional-recipe": dict(loss="wgan_gp", reward="l2_per_step", conditional=True,
+                               pools=(1, 2, 4), scale=5.0, norm_entropy=True),
+    "unconditional-recipe": dict(loss="wgan_gp", reward="terminal_d", standardize=True,
+                                 d_updates=5, gp=10.0),
+}
+# Each case compiles its own step: all are slow (the default suite trains `small`
+# through the loop above and the average's test below).
+FAST_CASES = ()
+
+
+@pytest.mark.parametrize(
+    "name", [n if n in FAST_CASES else pytest.param(n, marks=pytest.mark.slow) for n in CASES]
+)
+def test_every_loss_and_reward_trains_without_nans(dataset, name):
+    o = CASES[name]
+    config = small.get_config()
+    config.disc_learner.loss = o["loss"]
+    config.disc.spectral_norm = o["loss"] == "gan"
+    config.reward.kind = o["reward"]
+    config.reward.discount = o.get("discount", 1.0)
+    config.reward.stroke_penalty = o.get("stroke", 0.0)
+    config.reward.empty_penalty = o.get("empty", 0.0)
+    config.conditional = o.get("conditional", False)
+    config.learner.passes = o.get("passes", 1)
+    config.compute_dtype = o.get("dtype", "float32")
+    config.reward.l2_pools = o.get("pools", (1,))
+    config.reward.scale = o.get("scale", 1.0)
+    config.learner.normalize_entropy = o.get("norm_entropy", False)
+    config.reward.standardize_d = o.get("standardize", False)
+    config.disc_learner.updates_per_step = o.get("d_updates", 1)
+    config.disc_learner.gp_weight = o.get("gp", 1.0)
+    before = experiment.build(config, dataset=dataset).init_state(jax.random.PRNGKey(0))
+    state, history = _run_steps(config, dataset, 3)
+    assert int(state.step) == 3
+    assert _finite(state.policy_params) and _finite(state.disc_params)
+    for metrics in history:
+        assert all(np.isfinite(v) for v in metrics.values()), metrics
+    assert "d_loss" in history[-1] and "policy_loss" in history[-1]
+    if config.reward.standardize_d:
+        # Terminal rewards standardised over the batch: the mean return is 0.
+        assert all(abs(m["episode_return"]) < 1e-4 for m in history)
+    if config.conditional:
+        assert 0.0 < history[-1]["l2_to_target"] < 1.0
+        # The untrained agent paints at random: worse than leaving the canvas blank.
+        assert history[0]["l2_to_target_vs_blank"] > 1.0
+    # Both networks moved.
+    assert _moved(before.policy_params, state.policy_params)
+    assert _moved(before.disc_params, state.disc_params)
+    # The replay holds the three batches of final canvases.
+    assert int(state.replay.count) == 3 * config.batch_size
+
+
+def test_policy_average_follows_its_update_rule(dataset):
+    config = _config()  # small's average, 0.998: the program the run above compiled
+    decay = config.learner.ema_decay
+    assert 0 < decay < 1
+    exp = experiment.build(config, dataset=dataset)
+    state = exp.init_state(jax.random.PRNGKey(0))
+    step = train_step.make_train_step(exp)
+    f64 = lambda tree: [np.asarray(x, np.float64) for x in jax.tree.leaves(tree)]  # noqa: E731
+    # The average starts at the initial parameters.
+    for a, p in zip(f64(state.policy_ema), f64(state.policy_params), strict=True):
+        np.testing.assert_array_equal(a, p)
+    for i in range(2):
+        average = f64(state.policy_ema)
+        state, _ = step(state, jax.random.PRNGKey(i))
+        expected = [decay * a + (1 - decay) * p
+                    for a, p in zip(average, f64(state.policy_params), strict=True)]
+        got = f64(state.eval_params)
+        assert any(not np.allclose(g, p) for g, p in zip(got, f64(state.policy_params),
+                                                          strict=True))
+        for g, e in zip(got, expected, strict=True):
+            np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-7)
+    # Without an average, nothing is kept and the learner's parameters are evaluated.
+    config.learner.ema_decay = 0.0
+    plain = experiment.build(config, dataset=dataset).init_state(jax.random.PRNGKey(0))
+    assert plain.policy_ema is None and plain.eval_params is plain.policy_params
+
+
+_TWO_DEVICES = textwrap.dedent(
+    """
+    import jax, numpy as np
+    from experiments.configs import small
+    from spiral_jax import datasets, experiment, sharding, train_step
+    assert jax.device_count() == 2, jax.devices()
+    config = small.get_config()
+    # Adam's first step is lr * sign(g) wherever |g| >> eps: a gradient that is zero up
+    # to rounding could flip a whole step. A large eps makes the step linear in g.
+    config.learner.eps = config.disc_learner.eps = 1.0
+    data = datasets.load("mnist5k", "train", image_size=16, channels=1, max_examples=256)
+    def run(devices):
+        exp = experiment.build(config, mesh=sharding.make_mesh(devices), dataset=data)
+        state = exp.init_state(jax.random.PRNGKey(0))
+        start = jax.device_get(state)
+        state, metrics = train_step.make_train_step(exp)(state, jax.random.PRNGKey(5))
+        return start, *jax.device_get((state, metrics))
+    start, one, m1 = run(jax.devices()[:1])
+    _, two, m2 = run(jax.devices())
+    for name in ("policy_params", "disc_params"):
+        a, b = jax.tree.leaves(getattr(one, name)), jax.tree.leaves(getattr(two, name))
+        init = jax.tree.leaves(getattr(start, name))
+        worst = max(float(np.max(np.abs(x - y))) for x, y in zip(a, b))
+        moved = max(float(np.max(np.abs(x - z))) for x, z in zip(a, init))
+        print(name, "max abs diff", worst, "largest update", moved)
+        assert moved > 1e-7 and worst < 1e-3 * moved, (name, worst, moved)
+    # Each device keeps its own episodes in its part of the replay.
+    b = config.batch_size
+    per_device = np.asarray(two.replay.canvases).reshape((2, -1) + two.replay.canvases.shape[1:])
+    painted_two = np.concatenate([per_device[0, : b // 2], per_device[1, : b // 2]])
+    painted_one = np.asarray(one.replay.canvases)[:b]
+    assert np.abs(painted_one.astype(int) - painted_two.astype(int)).max() <= 1
+    for k in m1:
+        np.testing.assert_allclose(m1[k], m2[k], rtol=1e-4, atol=1e-5, err_msg=k)
+    print("OK")
+    """
+)
+
+
+@pytest.mark.slow
+def test_two_devices_equal_one_device_on_the_same_global_batch():
+    env = dict(os.environ, PYTHONPATH=str(REPO),
+               XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    out = subprocess.run([sys.executable, "-c", _TWO_DEVICES], env=env, capture_output=True,
+                         text=True, cwd=REPO, timeout=900)
+    assert out.returncode == 0 and "OK" in out.stdout, out.stdout + out.stderr[-4000:]
 
 
 def _train_cli(workdir, *extra, timeout=900):
