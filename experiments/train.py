@@ -41,15 +41,20 @@ def main(argv):
     workdir = _WORKDIR.value or f"runs/{config.dataset}"
     try:
         train.train_and_evaluate(config, workdir, max_minutes=_MAX_MINUTES.value)
-    except (ConfigError, FileNotFoundError) as e:
-        sys.exit(f"error: {e}")
+    except (ConfigError, FileNotFoundError) as e:  # before anything compiled
+        _usage_error(e)
 
 
 def parse_flags(argv):
     try:
         return app.parse_flags_with_usage(configs.resolve_argv(argv))
     except ValueError as e:  # an unknown config name
-        sys.exit(f"error: {e}")
+        _usage_error(e)
+
+
+def _usage_error(error: Exception):
+    sys.stderr.write(f"error: {error}\n")
+    sys.exit(2)
 
 
 if __name__ == "__main__":

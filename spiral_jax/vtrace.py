@@ -325,6 +325,10 @@ def from_logits(
     autoregressive action are conditionally independent given the earlier parts, so the
     log-probability of the whole action is the sum over the parts that count.
 
+    The learner (`policy_learner`) needs log-probs the agent's unroll already computed,
+    so it calls `from_importance_weights`; this stays as IMPALA's `from_logits`
+    counterpart, the public API for learners that hold only logits.
+
     Args:
       behaviour_logits: part name -> ``[T, ..., num_choices_k]``, the logits of mu.
       target_logits: part name -> ``[T, ..., num_choices_k]``, the logits of pi.
