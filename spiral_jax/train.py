@@ -92,45 +92,26 @@ def train_and_evaluate(
     """Trains (or resumes) the run of `config` in `workdir`; returns the last state.
 
     `max_minutes` > 0 stops (and saves) once that many minutes of this invocation have
-    passed, compilation included. Raises ValueError for a config that cannot train,
-    before anything compiles.
+    passed, compilation included. Raises ConfigError (a ValueError) for a config that
+    cannot train, before anything compiles.
     """
     evaluates = check_eval_config(config)
     exp = experiment.build(config)
-    frechet = FrechetToTrainingDigits(exp) if evaluates else None
     workdir = epath.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    is_chief = jax.process_index() == 0
     mngr = checkpoints.manager(workdir, config.keep_checkpoints)
-    best_mngr = checkpoints.best_manager(workdir) if frechet is not None else None
     state = restore_or_init(exp, mngr)
-    if is_chief:
+    if jax.process_index() == 0:
         write_config(workdir, config)
-    start_step = step = int(state.step)
-
-    root_key = jax.random.PRNGKey(config.seed)
-    sample_key = jax.random.fold_in(root_key, 2**31 - 1)
-    eval_key = jax.random.fold_in(root_key, 2**31 - 2)
-    fixed_targets = None
-    if config.conditional:
-        fixed_targets = exp.sample_data(jax.random.split(sample_key, NUM_SAMPLES))
-    frames = exp.frames_per_step()
+    step = int(state.step)
     print(f"training {config.dataset} on {exp.num_devices} device(s) "
-          f"({jax.devices()[0].platform}), batch {config.batch_size}, {frames} frames/step, "
-          f"workdir {workdir}")
-    log = RunLog(workdir, start_step, frames, is_chief)
-    if start_step == 0:
-        real = np.asarray(exp.sample_data(jax.random.split(sample_key, 64)))
-        log.image("real", make_grid(real, ncols=8), 0, "real.png")
-
+          f"({jax.devices()[0].platform}), batch {config.batch_size}, "
+          f"{exp.frames_per_step()} frames/step, workdir {workdir}")
+    out = Outputs(exp, workdir, step, FrechetToTrainingDigits(exp) if evaluates else None)
     step_fn = train_step.make_train_step(exp)
+    root_key = jax.random.PRNGKey(config.seed)
     stop = GracefulStop()
-    t_start = time.perf_counter()
-    deadline = t_start + 60.0 * max_minutes if max_minutes > 0 else None
-    bar = tqdm(total=config.num_train_steps, initial=start_step, unit="step",
-               dynamic_ncols=True, disable=not is_chief)
-    last_time, last_step = t_start, step
-    postfix: dict[str, str] = {}
+    deadline = time.perf_counter() + 60.0 * max_minutes if max_minutes > 0 else None
 
     def is_due(every: int) -> bool:
         return step % every == 0 or step == config.num_train_steps
@@ -142,30 +123,13 @@ def train_and_evaluate(
                 break
             state, metrics = step_fn(state, jax.random.fold_in(root_key, step))
             step += 1
-            bar.update(1)
+            out.bar.update(1)
             if is_due(config.log_every):
-                metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                now = time.perf_counter()
-                metrics["frames_per_second"] = frames * (step - last_step) / (now - last_time)
-                last_time, last_step = now, step
-                postfix.update(_progress(metrics))
-                bar.set_postfix(postfix, refresh=False)
-                log.scalars(step, metrics)
-                if not all(np.isfinite(v) for v in metrics.values()):
-                    raise FloatingPointError(f"non-finite metrics at step {step}: {metrics}")
-            if frechet is not None and is_due(config.eval_every):
-                t_eval = time.perf_counter()
-                distances = _frechet_distances(frechet, state, jax.random.fold_in(eval_key, step))
-                last_time += time.perf_counter() - t_eval  # frames/s counts training only
-                postfix["FD"] = f"{distances['frechet_train']:.0f}"
-                # Saved, then dropped unless it is the best so far.
-                checkpoints.save(best_mngr, step, state,
-                                 metrics={"frechet_train": distances["frechet_train"]})
-                log.scalars(step, distances, prefix="eval")
+                out.log_metrics(step, metrics)
+            if out.frechet is not None and is_due(config.eval_every):
+                out.frechet_distance(step, state)
             if is_due(config.sample_every):
-                grid = sample_grid(exp, state.eval_params, jax.random.fold_in(sample_key, step),
-                                   fixed_targets)
-                log.image("samples", grid, step, f"step_{step:07d}.png")
+                out.samples(step, state)
             if is_due(config.checkpoint_every):
                 checkpoints.save(mngr, step, state)
         if stop.requested:
@@ -174,14 +138,77 @@ def train_and_evaluate(
             checkpoints.save(mngr, step, state, force=True)
     finally:
         stop.restore()
-        bar.close()
-        for m in (mngr, best_mngr):
-            if m is not None:
-                m.wait_until_finished()
-                m.close()
-        log.close()
+        out.close()
+        mngr.wait_until_finished()
+        mngr.close()
     print(f"done: step {step}, checkpoints in {workdir / checkpoints.CHECKPOINTS}")
     return state
+
+
+class Outputs:
+    """What the loop writes between steps (through `RunLog`, chief only): metrics with
+    frames per second, the in-training Fréchet distance and its best checkpoint, and
+    sample grids; and the progress bar."""
+
+    def __init__(self, exp: Experiment, workdir: epath.Path, start_step: int,
+                 frechet: FrechetToTrainingDigits | None):
+        config = exp.config
+        self.exp, self.frechet = exp, frechet
+        self.frames = exp.frames_per_step()
+        is_chief = jax.process_index() == 0
+        self.log = RunLog(workdir, start_step, self.frames, is_chief)
+        self.best_mngr = checkpoints.best_manager(workdir) if frechet is not None else None
+        root_key = jax.random.PRNGKey(config.seed)
+        self.sample_key = jax.random.fold_in(root_key, 2**31 - 1)
+        self.eval_key = jax.random.fold_in(root_key, 2**31 - 2)
+        self.fixed_targets = None  # conditional runs paint the same targets every time
+        if config.conditional:
+            self.fixed_targets = exp.sample_data(jax.random.split(self.sample_key, NUM_SAMPLES))
+        if start_step == 0:
+            real = np.asarray(exp.sample_data(jax.random.split(self.sample_key, 64)))
+            self.log.image("real", make_grid(real, ncols=8), 0, "real.png")
+        self.bar = tqdm(total=config.num_train_steps, initial=start_step, unit="step",
+                        dynamic_ncols=True, disable=not is_chief)
+        self.postfix: dict[str, str] = {}
+        self._last_time, self._last_step = time.perf_counter(), start_step
+
+    def log_metrics(self, step: int, metrics: dict[str, Any]) -> None:
+        """The step's metrics and the frames per second since the last record."""
+        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        now = time.perf_counter()
+        metrics["frames_per_second"] = (
+            self.frames * (step - self._last_step) / (now - self._last_time)
+        )
+        self._last_time, self._last_step = now, step
+        self.postfix.update(_progress(metrics))
+        self.bar.set_postfix(self.postfix, refresh=False)
+        self.log.scalars(step, metrics)
+        if not all(np.isfinite(v) for v in metrics.values()):
+            raise FloatingPointError(f"non-finite metrics at step {step}: {metrics}")
+
+    def frechet_distance(self, step: int, state: TrainState) -> None:
+        """Measures it, logs it, and saves the state as the best checkpoint if it is."""
+        t_eval = time.perf_counter()
+        key = jax.random.fold_in(self.eval_key, step)
+        distances = _frechet_distances(self.frechet, state, key)
+        self._last_time += time.perf_counter() - t_eval  # frames/s counts training only
+        self.postfix["FD"] = f"{distances['frechet_train']:.0f}"
+        # Saved, then dropped unless it is the best so far.
+        checkpoints.save(self.best_mngr, step, state,
+                         metrics={"frechet_train": distances["frechet_train"]})
+        self.log.scalars(step, distances, prefix="eval")
+
+    def samples(self, step: int, state: TrainState) -> None:
+        key = jax.random.fold_in(self.sample_key, step)
+        grid = sample_grid(self.exp, state.eval_params, key, self.fixed_targets)
+        self.log.image("samples", grid, step, f"step_{step:07d}.png")
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.best_mngr is not None:
+            self.best_mngr.wait_until_finished()
+            self.best_mngr.close()
+        self.log.close()
 
 
 def _progress(metrics: dict[str, float]) -> dict[str, str]:
