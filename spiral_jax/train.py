@@ -91,10 +91,11 @@ def train_and_evaluate(
 ) -> TrainState:
     """Trains (or resumes) the run of `config` in `workdir`; returns the last state.
 
-    `max_minutes` > 0 stops (and saves) once that many minutes of this invocation have
-    passed, compilation included. Raises ConfigError (a ValueError) for a config that
+    `max_minutes` > 0 stops (and saves) once that many minutes have passed since the
+    call, setup and compilation included. Raises ConfigError (a ValueError) for a config that
     cannot train, before anything compiles.
     """
+    t_start = time.perf_counter()
     evaluates = check_eval_config(config)
     exp = experiment.build(config)
     workdir = epath.Path(workdir)
@@ -111,7 +112,7 @@ def train_and_evaluate(
     step_fn = train_step.make_train_step(exp)
     root_key = jax.random.PRNGKey(config.seed)
     stop = GracefulStop()
-    deadline = time.perf_counter() + 60.0 * max_minutes if max_minutes > 0 else None
+    deadline = t_start + 60.0 * max_minutes if max_minutes > 0 else None
 
     def is_due(every: int) -> bool:
         return step % every == 0 or step == config.num_train_steps
