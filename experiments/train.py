@@ -9,6 +9,7 @@ overrides any field. The same command resumes from the workdir's latest checkpoi
 Ctrl-C or SIGTERM saves one and exits. What a run writes: `spiral_jax/train.py`.
 """
 
+import pathlib
 import sys
 
 import jax
@@ -22,7 +23,7 @@ from spiral_jax.experiment import ConfigError
 _CONFIG = config_flags.DEFINE_config_file(
     "config", configs.path(configs.DEFAULT), "Config name or file.", lock_config=True
 )
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (default runs/<dataset>).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (default runs/<config name>).")
 _MAX_MINUTES = flags.DEFINE_float(
     "max_minutes", 0.0, "Stop and save after this many minutes, compilation included; 0 = never."
 )
@@ -38,7 +39,8 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     if _MULTIHOST.value or config.multihost:  # TPU VMs need none of the three flags
         jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-    workdir = _WORKDIR.value or f"runs/{config.dataset}"
+    name = pathlib.Path(config_flags.get_config_filename(flags.FLAGS["config"])).stem
+    workdir = _WORKDIR.value or f"runs/{name}"
     try:
         train.train_and_evaluate(config, workdir, max_minutes=_MAX_MINUTES.value)
     except (ConfigError, FileNotFoundError) as e:  # before anything compiled

@@ -1,6 +1,6 @@
-r"""CelebA (TFDS), SPIRAL's paper settings: 64x64 colour canvas, grid 32, 19 strokes.
+r"""python -m experiments.train --config=celeba
 
-    python -m experiments.train --config=celeba --workdir=runs/celeba
+CelebA (TFDS), SPIRAL's paper settings: 64x64 colour canvas, grid 32, 19 strokes.
 """
 
 from experiments.configs import common

@@ -1,6 +1,6 @@
-r"""MNIST (TFDS), SPIRAL's paper settings: 64x64 grayscale canvas, grid 32, 19 strokes.
+r"""python -m experiments.train --config=mnist
 
-    python -m experiments.train --config=mnist --workdir=runs/mnist
+MNIST (TFDS), SPIRAL's paper settings: 64x64 grayscale canvas, grid 32, 19 strokes.
 """
 
 from experiments.configs import common

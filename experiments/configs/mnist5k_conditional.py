@@ -1,8 +1,6 @@
-r"""Conditional mnist5k: the agent sees a digit and paints it, rewarded by L2.
+r"""python -m experiments.train --config=mnist5k_conditional --max_minutes=60
 
-    python -m experiments.train --config=mnist5k_conditional --workdir=runs/mnist5k_conditional \
-        --max_minutes=60
-
+Conditional mnist5k: the agent sees a digit and paints it, rewarded by L2.
 Everything of `mnist5k` (canvas, brush, networks, normalised entropy, two passes), with
 a per-step L2 reward (γ = 0.9) averaged over average-pooled scales 1, 2, 4 and 8 so
 that a stroke near the ink already pays, scaled by 5; entropy cost 0.01; the policy's

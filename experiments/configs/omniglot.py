@@ -1,6 +1,6 @@
-r"""Omniglot (TFDS), SPIRAL's paper settings: 64x64 grayscale canvas, grid 32.
+r"""python -m experiments.train --config=omniglot
 
-    python -m experiments.train --config=omniglot --workdir=runs/omniglot
+Omniglot (TFDS), SPIRAL's paper settings: 64x64 grayscale canvas, grid 32.
 """
 
 from experiments.configs import common

@@ -1,7 +1,6 @@
-r"""A smoke test that trains a step in seconds on a CPU (the tests use it).
+r"""python -m experiments.train --config=small
 
-    python -m experiments.train --config=small --workdir=runs/small
-
+A smoke test that trains a step in seconds on a CPU (the tests use it).
 mnist5k on a 16x16 canvas, grid 8, episodes of 5 steps, tiny networks, 8 episodes per
 step, 50 steps.
 """
