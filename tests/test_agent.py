@@ -1,7 +1,7 @@
 """Tests of SPIRAL's agent network (spiral_jax.agent) and of the action space it acts
 in (spiral_jax.action_space).
 
-Small nets (`SMALL` below, 32x32 canvases, 8x8 grids) keep this fast; the only
+Small nets (`tests/agent_configs.SMALL`, 32x32 canvases, 8x8 grids) keep this fast; the only
 paper-sized net is traced for shapes (no compilation) to count its parameters. The
 layers it is built from are tested in test_layers.py.
 """
@@ -21,6 +21,7 @@ from spiral_jax import action_space as AS
 from spiral_jax import agent as A
 from spiral_jax.layers import LSTMState
 from spiral_jax.types import FIRST
+from tests.agent_configs import SMALL
 
 B, T = 3, 6
 CANVAS = 32
@@ -35,17 +36,6 @@ FULL_SPEC = {
     "green": 20,
     "blue": 20,
 }
-# A variant small enough for a CPU (the sizes of the former `agent.SMALL`).
-SMALL = A.AgentConfig(
-    channels=16,
-    num_res_blocks=2,
-    lstm_size=64,
-    torso_output=64,
-    cond_hidden=(32, 16),
-    noise_hidden=(32, 16),
-    embed_dim=16,
-    residual_hidden=(16, 32),
-)
 # sd of a standard normal truncated at +-2 (what "truncated normal with sd s" has).
 TRUNC_SD = 0.8796256610342398
 

@@ -21,20 +21,10 @@ from spiral_jax import agent as A
 from spiral_jax import rollout as R
 from spiral_jax import vtrace
 from spiral_jax.types import FIRST, LAST, MID
+from tests.agent_configs import SMALL
 
 MOVE_PARTS = ("flag", "end")  # the parts a move (flag 0) uses
 
-# A small agent (the sizes of the former `agent.SMALL`).
-SMALL = A.AgentConfig(
-    channels=16,
-    num_res_blocks=2,
-    lstm_size=64,
-    torso_output=64,
-    cond_hidden=(32, 16),
-    noise_hidden=(32, 16),
-    embed_dim=16,
-    residual_hidden=(16, 32),
-)
 
 
 class FakeTimeStep(struct.PyTreeNode):
