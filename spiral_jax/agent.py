@@ -83,7 +83,7 @@ from spiral_jax.action_space import (
 )
 from spiral_jax.envs.libmypaint import LOCATION_ACTIONS
 from spiral_jax.layers import LSTMState, dense, log2_stages
-from spiral_jax.types import FIRST, Array, check_compute_dtype
+from spiral_jax.types import FIRST, Array, check_compute_dtype, is_int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,11 +118,11 @@ class AgentConfig:
         """Raises ValueError for sizes the network cannot be built with."""
         for name in ("channels", "lstm_size", "torso_output", "embed_dim"):
             value = getattr(self, name)
-            if not _is_int(value) or value < 1:
+            if not is_int(value) or value < 1:
                 raise ValueError(f"agent.{name}={value!r}: must be a positive int")
         for name in ("num_res_blocks", "noise_dim"):
             value = getattr(self, name)
-            if not _is_int(value) or value < 0:
+            if not is_int(value) or value < 0:
                 raise ValueError(f"agent.{name}={value!r}: must be an int >= 0")
         if self.lstm_size % 16:
             raise ValueError(
@@ -134,12 +134,8 @@ class AgentConfig:
         check_compute_dtype(self.dtype, "agent.dtype")
         for name in ("cond_hidden", "noise_hidden", "residual_hidden"):
             widths = getattr(self, name)
-            if not isinstance(widths, tuple) or not all(_is_int(w) and w >= 1 for w in widths):
+            if not isinstance(widths, tuple) or not all(is_int(w) and w >= 1 for w in widths):
                 raise ValueError(f"agent.{name}={widths!r}: must be a tuple of positive ints")
-
-
-def _is_int(x: Any) -> bool:
-    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
 
 
 class AgentState(struct.PyTreeNode):

@@ -16,7 +16,7 @@ from spiral_jax import gan_losses
 from spiral_jax import replay as replay_lib
 from spiral_jax.device_data import to_float
 from spiral_jax.sharding import AXIS, global_keys
-from spiral_jax.types import Array, check_adam
+from spiral_jax.types import Array, check_adam, is_int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,18 +41,14 @@ class DiscLearnerConfig:
         for name in ("gp_weight", "gp_target", "drift_weight"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"disc_learner.{name}={getattr(self, name)!r}: must be >= 0")
-        if not _is_int(self.updates_per_step) or self.updates_per_step < 0:
+        if not is_int(self.updates_per_step) or self.updates_per_step < 0:
             raise ValueError(
                 f"disc_learner.updates_per_step={self.updates_per_step!r}: must be an int >= 0"
             )
-        if not _is_int(self.replay_batches) or self.replay_batches < 1:
+        if not is_int(self.replay_batches) or self.replay_batches < 1:
             raise ValueError(
                 f"disc_learner.replay_batches={self.replay_batches!r}: must be an int >= 1"
             )
-
-
-def _is_int(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
 
 
 def make_optimizer(cfg: DiscLearnerConfig) -> optax.GradientTransformation:

@@ -36,7 +36,7 @@ import numpy as np
 
 from spiral_jax import layers
 from spiral_jax.layers import sonnet_init
-from spiral_jax.types import Array, check_compute_dtype
+from spiral_jax.types import Array, check_compute_dtype, is_int
 
 #: (params, canvas [B, H, W, C], target [B, H, W, C] or None) -> scores float32 [B].
 CriticFn = Callable[[Any, Array, Array | None], Array]
@@ -74,14 +74,14 @@ class DiscriminatorConfig:
     def validate(self) -> None:
         """Raises ValueError for options the network cannot be built with."""
         if not isinstance(self.channels, tuple) or not all(
-            _is_int(c) and c >= 1 for c in self.channels
+            is_int(c) and c >= 1 for c in self.channels
         ):
             raise ValueError(f"disc.channels={self.channels!r}: must be a tuple of positive ints")
-        if not _is_int(self.kernel_size) or self.kernel_size < 1:
+        if not is_int(self.kernel_size) or self.kernel_size < 1:
             raise ValueError(f"disc.kernel_size={self.kernel_size!r}: must be a positive int")
         if not isinstance(self.leaky_slope, (int, float)) or not 0 <= self.leaky_slope < 1:
             raise ValueError(f"disc.leaky_slope={self.leaky_slope!r}: must be in [0, 1)")
-        if not _is_int(self.power_iterations) or self.power_iterations < 1:
+        if not is_int(self.power_iterations) or self.power_iterations < 1:
             raise ValueError(
                 f"disc.power_iterations={self.power_iterations!r}: must be an int >= 1"
             )
@@ -89,10 +89,6 @@ class DiscriminatorConfig:
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"disc.{name}={getattr(self, name)!r}: must be a bool")
         check_compute_dtype(self.dtype, "disc.dtype")
-
-
-def _is_int(x: Any) -> bool:
-    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
 
 
 # ----------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from spiral_jax import vtrace
 from spiral_jax.agent import SpiralAgent
 from spiral_jax.rollout import Trajectory
 from spiral_jax.sharding import AXIS
-from spiral_jax.types import Array, cast_floating, check_adam
+from spiral_jax.types import Array, cast_floating, check_adam, is_number
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,21 +57,17 @@ class LearnerConfig:
         for name, low in (("max_grad_norm", 0.0), ("clip_rho_threshold", 0.0),
                           ("clip_pg_rho_threshold", 0.0)):
             value = getattr(self, name)
-            if not _is_number(value) or not value > low:
+            if not is_number(value) or not value > low:
                 raise ValueError(f"learner.{name}={value!r}: must be a number > 0")
         for name in ("entropy_cost", "baseline_cost"):
-            if not _is_number(getattr(self, name)) or not getattr(self, name) >= 0:
+            if not is_number(getattr(self, name)) or not getattr(self, name) >= 0:
                 raise ValueError(f"learner.{name}={getattr(self, name)!r}: must be >= 0")
-        if not _is_number(self.vtrace_lambda) or not 0.0 <= self.vtrace_lambda <= 1.0:
+        if not is_number(self.vtrace_lambda) or not 0.0 <= self.vtrace_lambda <= 1.0:
             raise ValueError(f"learner.vtrace_lambda={self.vtrace_lambda!r}: must be in [0, 1]")
-        if not _is_number(self.ema_decay) or not 0.0 <= self.ema_decay < 1.0:
+        if not is_number(self.ema_decay) or not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(
                 f"learner.ema_decay={self.ema_decay!r}: must be in [0, 1) (0 = no average)"
             )
-
-
-def _is_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
 def make_optimizer(cfg: LearnerConfig) -> optax.GradientTransformation:

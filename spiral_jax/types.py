@@ -6,6 +6,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 
@@ -30,6 +31,16 @@ def cast_floating(tree: Any, dtype: Any) -> Any:
     )
 
 
+def is_int(x: Any) -> bool:
+    """An integer (numpy's too) that is not a bool: what size fields accept."""
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+
+def is_number(x: Any) -> bool:
+    """A real number that is not a bool: what weight and rate fields accept."""
+    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool)
+
+
 def check_adam(section: str, learning_rate: Any, b1: Any, b2: Any, eps: Any) -> None:
     """One-line ValueErrors for Adam's settings in config section `section`."""
     for name, value, ok, allowed in (
@@ -38,5 +49,5 @@ def check_adam(section: str, learning_rate: Any, b1: Any, b2: Any, eps: Any) -> 
         ("b2", b2, lambda v: 0 <= v < 1, "in [0, 1)"),
         ("eps", eps, lambda v: v > 0, "> 0"),
     ):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
+        if not is_number(value) or not ok(value):
             raise ValueError(f"{section}.{name}={value!r}: must be a number {allowed}")
