@@ -6,7 +6,9 @@ r"""Trains SPIRAL: `python -m experiments.train --config=NAME --workdir=DIR`.
 
 `--config` is a name in `experiments/configs/` or a config file; `--config.FIELD=VALUE`
 overrides any field. The same command resumes from the workdir's latest checkpoint;
-Ctrl-C or SIGTERM saves one and exits. What a run writes: `spiral_jax/train.py`.
+Ctrl-C or SIGTERM saves one and exits. What a run writes: `spiral_jax/train.py`. Exit
+codes: 0 finished, 75 stopped early (resumable), 2 bad input, 1 failure
+(`spiral_jax/stops.py`).
 """
 
 import pathlib
@@ -17,8 +19,9 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from experiments import configs
-from spiral_jax import train
+from spiral_jax import stops, train
 from spiral_jax.experiment import ConfigError
+from spiral_jax.stops import TrainingFailure
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", configs.path(configs.DEFAULT), "Config name or file.", lock_config=True
@@ -27,36 +30,58 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (default runs/
 _MAX_MINUTES = flags.DEFINE_float(
     "max_minutes", 0.0, "Stop and save after this many minutes, compilation included; 0 = never."
 )
+_ALLOW_CHANGE = flags.DEFINE_bool(
+    "allow_config_change", False,
+    "Resume although the config differs from the workdir's config.json (shapes never may).",
+)
 _MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize().")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the run.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+_HEARTBEAT = flags.DEFINE_integer(
+    "heartbeat_timeout", 60, "Seconds after which a lost process ends the others."
+)
 
 
 def main(argv):
     del argv
     config = _CONFIG.value
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-    if _MULTIHOST.value or config.multihost:  # TPU VMs need none of the three flags
-        jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    if _MULTIHOST.value or config.multihost:
+        _initialize_distributed()
     name = pathlib.Path(config_flags.get_config_filename(flags.FLAGS["config"])).stem
     workdir = _WORKDIR.value or f"runs/{name}"
     try:
-        train.train_and_evaluate(config, workdir, max_minutes=_MAX_MINUTES.value)
+        result = train.train_and_evaluate(config, workdir, max_minutes=_MAX_MINUTES.value,
+                                          allow_config_change=_ALLOW_CHANGE.value)
     except (ConfigError, FileNotFoundError) as e:  # before anything compiled
-        _usage_error(e)
+        _exit(e, stops.EXIT_BAD_INPUT)
+    except TrainingFailure as e:  # the last good checkpoint is kept
+        _exit(e, stops.EXIT_FAILURE)
+    sys.exit(result.exit_code)
+
+
+def _initialize_distributed():
+    """jax.distributed.initialize with the flags (TPU VMs and SLURM need none of them)."""
+    try:
+        jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                                   heartbeat_timeout_seconds=_HEARTBEAT.value)
+    except (ValueError, RuntimeError) as e:
+        _exit(f"--multihost: {str(e).splitlines()[0]} (on machines that JAX cannot detect, "
+              "pass --coordinator_address, --num_processes and --process_id)",
+              stops.EXIT_BAD_INPUT)
 
 
 def parse_flags(argv):
     try:
         return app.parse_flags_with_usage(configs.resolve_argv(argv))
     except ValueError as e:  # an unknown config name
-        _usage_error(e)
+        _exit(e, stops.EXIT_BAD_INPUT)
 
 
-def _usage_error(error: Exception):
+def _exit(error: Exception | str, code: int):
     sys.stderr.write(f"error: {error}\n")
-    sys.exit(2)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,14 @@
-"""A run's orbax checkpoints: the latest few, the best by in-training sample quality,
-and restoring a `TrainState` from either (including ones written by older versions)."""
+"""A run's orbax checkpoints: saving only finite states with their checksums, and
+restoring the newest one that verifies.
+
+Every checkpoint carries the checksums of its leaves (`spiral_jax.checksums`) in orbax's
+step metadata, written in the same atomic commit as the arrays. Resuming
+(`restore_latest`) restores the newest checkpoint and recomputes them; a checkpoint
+that cannot be read, does not match its checksums or holds a NaN is reported in one
+line and moved aside to `<workdir>/corrupt_checkpoints/` (never deleted), and the one
+before it is tried. A checkpoint whose arrays have other shapes than the run's is not
+corrupt but from another config: that refuses to resume (`ConfigError`).
+"""
 
 from __future__ import annotations
 
@@ -7,15 +16,20 @@ import dataclasses
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
+from jax.experimental import multihost_utils
 
-from spiral_jax.experiment import TrainState
+from spiral_jax import checksums
+from spiral_jax.experiment import ConfigError, TrainState
+from spiral_jax.stops import TrainingFailure
 
 CHECKPOINTS = "checkpoints"  # <workdir>/checkpoints/<step>: the latest `keep_checkpoints`
 # <workdir>/best_checkpoints/<step>: the one with the lowest in-training Fréchet distance.
 BEST_CHECKPOINTS = "best_checkpoints"
 FOLDERS = (CHECKPOINTS, BEST_CHECKPOINTS)
+CORRUPT = "corrupt_checkpoints"  # where checkpoints that fail to verify are moved
 
 # Fields added to TrainState after checkpoints were first written, with the value that
 # means "not kept": a checkpoint without the field restores it as that value.
@@ -23,11 +37,14 @@ _ADDED_FIELDS = {"policy_ema": None}
 
 
 def manager(workdir: Any, keep: int) -> ocp.CheckpointManager:
-    """Saves asynchronously to <workdir>/checkpoints, keeping the latest `keep`."""
+    """Saves asynchronously to <workdir>/checkpoints, keeping the latest `keep` (>= 1)."""
+    if not keep >= 1:
+        raise ValueError(f"keep_checkpoints={keep!r} must be >= 1")
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, enable_async_checkpointing=True, create=True
     )
-    return ocp.CheckpointManager(_absolute(workdir) / CHECKPOINTS, options=options)
+    return ocp.CheckpointManager(_absolute(workdir) / CHECKPOINTS, options=options,
+                                 item_handlers=ocp.StandardCheckpointHandler())
 
 
 def best_manager(workdir: Any) -> ocp.CheckpointManager:
@@ -36,17 +53,96 @@ def best_manager(workdir: Any) -> ocp.CheckpointManager:
         max_to_keep=1, best_fn=lambda m: m["frechet_train"], best_mode="min",
         keep_checkpoints_without_metrics=False, enable_async_checkpointing=True, create=True,
     )
-    return ocp.CheckpointManager(_absolute(workdir) / BEST_CHECKPOINTS, options=options)
+    return ocp.CheckpointManager(_absolute(workdir) / BEST_CHECKPOINTS, options=options,
+                                 item_handlers=ocp.StandardCheckpointHandler())
 
 
 def reader(workdir: Any, folder: str = CHECKPOINTS) -> ocp.CheckpointManager:
     """A manager that only reads <workdir>/<folder>."""
     options = ocp.CheckpointManagerOptions(create=False)
-    return ocp.CheckpointManager(_absolute(workdir) / folder, options=options)
+    return ocp.CheckpointManager(_absolute(workdir) / folder, options=options,
+                                 item_handlers=ocp.StandardCheckpointHandler())
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state: TrainState, **kwargs: Any) -> None:
-    mngr.save(step, args=ocp.args.StandardSave(state), **kwargs)
+    """Starts an asynchronous save of `state` with its checksums. Raises TrainingFailure
+    (and saves nothing) if the state holds a NaN or an infinity, or if the previous
+    asynchronous save failed (a full disk, lost permissions)."""
+    sums, nonfinite = checksums.inspect(state)
+    if nonfinite:
+        raise TrainingFailure(
+            f"the state at step {step} holds non-finite values ({_few(nonfinite)}): "
+            "not saved; the last checkpoint is kept"
+        )
+    check_saves(mngr)
+    try:
+        mngr.save(step, args=ocp.args.StandardSave(state),
+                  custom_metadata={"checksums": sums}, **kwargs)
+    except Exception as e:  # noqa: BLE001 - any storage error ends the run the same way
+        raise TrainingFailure(f"saving checkpoint {step} in {mngr.directory} failed: "
+                              f"{_one_line(e)}") from e
+
+
+def check_saves(mngr: ocp.CheckpointManager) -> None:
+    """TrainingFailure if an asynchronous save has failed since the last call."""
+    try:
+        mngr.check_for_errors()
+    except Exception as e:  # noqa: BLE001
+        raise TrainingFailure(f"a checkpoint save in {mngr.directory} failed: "
+                              f"{_one_line(e)}") from e
+
+
+def finish(mngr: ocp.CheckpointManager) -> None:
+    """Waits for the last asynchronous save and closes `mngr`; TrainingFailure if a save
+    failed."""
+    try:
+        mngr.wait_until_finished()
+        check_saves(mngr)
+    except TrainingFailure:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise TrainingFailure(f"a checkpoint save in {mngr.directory} failed: "
+                              f"{_one_line(e)}") from e
+    finally:
+        mngr.close()
+
+
+def restore_latest(mngr: ocp.CheckpointManager, like: TrainState, workdir: Any,
+                   ) -> TrainState | None:
+    """The newest checkpoint that restores and verifies, with the shapes, dtypes and
+    shardings of `like`; None if there is none. Checkpoints that fail are moved aside
+    (every process must call this: the processes agree on each verdict)."""
+    for step in sorted(mngr.all_steps(), reverse=True):
+        _check_layout(mngr, step, like)
+        try:
+            state = restore_state(mngr, step, like)
+            problem = verify(mngr, step, state)
+        except Exception as e:  # noqa: BLE001 - any unreadable file means corrupt
+            problem = f"cannot be read: {_one_line(e)}"
+        if not _all_agree(problem is None):
+            problem = problem or "another process could not verify it"
+            aside = _move_aside(mngr, step, workdir)
+            print(f"checkpoint {mngr.directory / str(step)} {problem}; moved to {aside}, "
+                  "trying the previous one")
+            continue
+        return state
+    return None
+
+
+def verify(mngr: ocp.CheckpointManager, step: int, state: TrainState) -> str | None:
+    """None if `state` (restored from `step`) matches the checksums saved with it and is
+    finite; else what is wrong. Checkpoints from before checksums are only checked for
+    NaNs and infinities."""
+    actual, nonfinite = checksums.inspect(state)
+    if nonfinite:
+        return f"holds non-finite values ({_few(nonfinite)})"
+    custom = mngr.metadata(step).custom_metadata or {}
+    expected = custom.get("checksums")
+    if expected is not None:
+        bad = checksums.mismatches(expected, actual)
+        if bad:
+            return f"does not match its checksums ({_few(bad)})"
+    return None
 
 
 def restore_state(mngr: ocp.CheckpointManager, step: int, like: TrainState) -> TrainState:
@@ -66,6 +162,75 @@ def restore_state(mngr: ocp.CheckpointManager, step: int, like: TrainState) -> T
         except ValueError:
             raise error from None
         return TrainState(**restored, **absent)
+
+
+def _check_layout(mngr: ocp.CheckpointManager, step: int, like: TrainState) -> None:
+    """ConfigError if the checkpoint's arrays (by its metadata) are not the run's: other
+    names or other shapes mean another config (or version) wrote it, not corruption.
+    Unreadable metadata is left to the restore, which then reports it as corrupt."""
+    try:
+        saved = {_key(p): tuple(m.shape) for p, m in
+                 jax.tree_util.tree_leaves_with_path(mngr.item_metadata(step))}
+    except Exception:  # noqa: BLE001
+        return
+    wanted = {_key(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(like)}
+    where = f"checkpoint {mngr.directory / str(step)} was written by another config or version"
+    advice = "resume with the config in config.json, or use a new --workdir"
+    if set(saved) != set(wanted):
+        only_saved, only_here = sorted(set(saved) - set(wanted)), sorted(set(wanted) - set(saved))
+        raise ConfigError(
+            f"{where} (only in the checkpoint: {_few(only_saved) or 'none'}; only in this "
+            f"config: {_few(only_here) or 'none'}): {advice}"
+        )
+    differ = [k for k in wanted if saved[k] != wanted[k]]
+    if differ:
+        k = differ[0]
+        raise ConfigError(f"{where}, with other shapes ({k}: {saved[k]} there, {wanted[k]} "
+                          f"now; {len(differ)} arrays differ): {advice}")
+
+
+def _key(path: tuple) -> str:
+    return "/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))))
+                    for k in path)
+
+
+def _all_agree(ok: bool) -> bool:
+    """True if `ok` on every process (a collective with several processes)."""
+    if jax.process_count() == 1:
+        return ok
+    return bool(np.all(multihost_utils.process_allgather(np.asarray(ok))))
+
+
+def _move_aside(mngr: ocp.CheckpointManager, step: int, workdir: Any) -> epath.Path:
+    """Moves checkpoint `step` to <workdir>/corrupt_checkpoints/<step>[-k] (process 0
+    moves; the others wait), and makes `mngr` forget it."""
+    folder = _absolute(workdir) / CORRUPT
+    target = folder / str(step)
+    k = 1
+    while target.exists():
+        k += 1
+        target = folder / f"{step}-{k}"
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(f"move checkpoint {step} aside")
+    if jax.process_index() == 0:
+        folder.mkdir(parents=True, exist_ok=True)
+        (mngr.directory / str(step)).rename(target)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(f"moved checkpoint {step} aside")
+    mngr.reload()
+    return target
+
+
+def _one_line(error: BaseException) -> str:
+    """The first line of an error's message, at most 200 characters."""
+    text = str(error).strip().splitlines()
+    line = text[0].split(" See full TensorStore details")[0] if text else type(error).__name__
+    return line if len(line) <= 200 else line[:197] + "..."
+
+
+def _few(names: list[str], n: int = 3) -> str:
+    more = f" and {len(names) - n} more" if len(names) > n else ""
+    return ", ".join(names[:n]) + more
 
 
 def _absolute(workdir: Any) -> Any:

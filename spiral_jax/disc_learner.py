@@ -15,6 +15,7 @@ from spiral_jax import discriminator as disc_lib
 from spiral_jax import gan_losses
 from spiral_jax import replay as replay_lib
 from spiral_jax.device_data import to_float
+from spiral_jax.nonfinite import skip_nonfinite
 from spiral_jax.sharding import AXIS, global_keys
 from spiral_jax.types import Array, check_adam, is_int
 
@@ -52,7 +53,8 @@ class DiscLearnerConfig:
 
 
 def make_optimizer(cfg: DiscLearnerConfig) -> optax.GradientTransformation:
-    return optax.adam(cfg.learning_rate, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
+    """Adam; updates with non-finite gradients are skipped (`skip_nonfinite`)."""
+    return skip_nonfinite(optax.adam(cfg.learning_rate, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps))
 
 
 def sample_images(images: Array, keys: Array) -> Array:

@@ -38,7 +38,7 @@ from spiral_jax import replay as replay_lib
 from spiral_jax.envs.libmypaint import LibMyPaint
 from spiral_jax.rewards import RewardConfig, check_pools
 from spiral_jax.sharding import AXIS, make_mesh
-from spiral_jax.types import Array, check_compute_dtype
+from spiral_jax.types import Array, check_compute_dtype, is_int
 
 # Top-level fields shared by several constructors, not set in their sections.
 SHARED_FIELDS = ("conditional", "dtype")
@@ -109,10 +109,10 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
             f"reward.kind={config.reward.kind!r} needs a target: set conditional=True"
         )
     for name in ("num_train_steps", "log_every", "sample_every", "checkpoint_every",
-                 "keep_checkpoints"):
-        if not config[name] >= 1:
-            raise ConfigError(f"{name}={config[name]!r} must be >= 1")
-    if config.eval_every < 0:
+                 "keep_checkpoints", "max_nonfinite_in_a_row"):
+        if not (is_int(config[name]) and config[name] >= 1):
+            raise ConfigError(f"{name}={config[name]!r} must be an integer >= 1")
+    if not (is_int(config.eval_every) and config.eval_every >= 0):
         raise ConfigError(f"eval_every={config.eval_every} must be >= 0 (0 = no evaluation)")
 
 

@@ -22,6 +22,7 @@ import optax
 
 from spiral_jax import vtrace
 from spiral_jax.agent import SpiralAgent
+from spiral_jax.nonfinite import skip_nonfinite
 from spiral_jax.rollout import Trajectory
 from spiral_jax.sharding import AXIS
 from spiral_jax.types import Array, cast_floating, check_adam, is_number
@@ -71,9 +72,10 @@ class LearnerConfig:
 
 
 def make_optimizer(cfg: LearnerConfig) -> optax.GradientTransformation:
-    """Adam after clipping by global norm."""
+    """Adam after clipping by global norm; an update whose gradients are not finite is
+    skipped, leaving parameters and Adam's moments as they were (`skip_nonfinite`)."""
     adam = optax.adam(cfg.learning_rate, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
-    return optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), adam)
+    return skip_nonfinite(optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), adam))
 
 
 def max_entropies(action_spec: Any) -> dict[str, float]:

@@ -20,64 +20,51 @@ randomness it would have drawn uninterrupted.
 
 from __future__ import annotations
 
-import signal
+import dataclasses
 import time
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
-from absl import logging
 from etils import epath
 from tqdm import tqdm
 
-from spiral_jax import checkpoints, experiment, pictures, train_step
-from spiral_jax.experiment import Experiment, TrainState
+from spiral_jax import checkpoints, experiment, pictures, stops, train_step
+from spiral_jax import workdir as workdir_lib
+from spiral_jax.experiment import ConfigError, Experiment, TrainState
 from spiral_jax.image_grid import make_grid
 from spiral_jax.run_log import RunLog
 from spiral_jax.sample_quality import FrechetToTrainingDigits, check_eval_config
+from spiral_jax.stops import Stop, TrainingFailure
+from spiral_jax.types import is_number
 
 NUM_SAMPLES = 16  # paintings in each samples/step_*.png
 
 
-class GracefulStop:
-    """The first Ctrl-C (SIGINT) or SIGTERM asks the loop to stop after the current
-    step, so that a consistent state is saved (the step donates its input state, so
-    an exception in the middle of it would leave nothing to save). A second Ctrl-C
-    interrupts at once."""
+@dataclasses.dataclass
+class RunResult:
+    """How `train_and_evaluate` ended: the last state, its step, and why it stopped
+    (`Stop.NONE`: `num_train_steps` reached; SIGNAL or DEADLINE: stopped early and
+    saved, resumable). Failures raise `TrainingFailure` instead."""
 
-    def __init__(self):
-        self.requested = False
-        self._previous = {
-            sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)
-        }
+    state: TrainState
+    step: int
+    stop: Stop
 
-    def _handle(self, signum, frame):
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def restore(self):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+    @property
+    def exit_code(self) -> int:
+        return stops.EXIT_FINISHED if self.stop == Stop.NONE else stops.EXIT_STOPPED
 
 
-def restore_or_init(exp: Experiment, mngr: Any) -> TrainState:
-    """The latest checkpoint's state, or a fresh one from `config.seed`."""
+def restore_or_init(exp: Experiment, mngr: Any, workdir: epath.Path) -> TrainState:
+    """The newest checkpoint that verifies, or a fresh state from `config.seed`."""
     state = exp.init_state(jax.random.PRNGKey(exp.config.seed))
-    latest = mngr.latest_step()
-    if latest is None:
+    restored = checkpoints.restore_latest(mngr, state, workdir)
+    if restored is None:
         return state
-    print(f"resumed from step {latest} ({mngr.directory})")
-    return checkpoints.restore_state(mngr, latest, state)
-
-
-def write_config(workdir: epath.Path, config: ml_collections.ConfigDict) -> None:
-    path = workdir / "config.json"
-    text = config.to_json_best_effort(indent=2, sort_keys=True)
-    if path.exists() and path.read_text() != text:
-        logging.warning("config differs from the one in %s; the new one is used", path)
-    path.write_text(text)
+    print(f"resumed from step {int(restored.step)} ({mngr.directory})")
+    return restored
 
 
 def sample_grid(exp: Experiment, params: Any, key: Any, targets: Any = None) -> np.ndarray:
@@ -87,63 +74,101 @@ def sample_grid(exp: Experiment, params: Any, key: Any, targets: Any = None) -> 
 
 
 def train_and_evaluate(
-    config: ml_collections.ConfigDict, workdir: str | epath.PathLike, max_minutes: float = 0.0
-) -> TrainState:
-    """Trains (or resumes) the run of `config` in `workdir`; returns the last state.
+    config: ml_collections.ConfigDict, workdir: str | epath.PathLike, max_minutes: float = 0.0,
+    allow_config_change: bool = False,
+) -> RunResult:
+    """Trains (or resumes) the run of `config` in `workdir` until `num_train_steps`,
+    `max_minutes` or SIGTERM / Ctrl-C on any process, all processes stopping at the
+    same step.
 
     `max_minutes` > 0 stops (and saves) once that many minutes have passed since the
-    call, setup and compilation included. Raises ConfigError (a ValueError) for a config that
-    cannot train, before anything compiles.
+    call, setup and compilation included. Raises ConfigError (a ValueError) for a config
+    or workdir that cannot train, or a resume whose config changed (unless
+    `allow_config_change`; changed shapes always refuse), before anything compiles;
+    TrainingFailure when the run cannot go on (its last good checkpoint is kept).
     """
     t_start = time.perf_counter()
+    if not (is_number(max_minutes) and max_minutes >= 0):
+        raise ConfigError(f"max_minutes={max_minutes!r} must be a number >= 0 (0 = no limit)")
     evaluates = check_eval_config(config)
     exp = experiment.build(config)
-    workdir = epath.Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    mngr = checkpoints.manager(workdir, config.keep_checkpoints)
-    state = restore_or_init(exp, mngr)
-    if jax.process_index() == 0:
-        write_config(workdir, config)
+    path = workdir_lib.check(workdir)
+    mngr = checkpoints.manager(path, config.keep_checkpoints)
+    try:
+        workdir_lib.check_config(path, config, resuming=bool(mngr.all_steps()),
+                                 allow_change=allow_config_change)
+        state = restore_or_init(exp, mngr, path)
+    except BaseException:
+        mngr.close()
+        raise
+    with stops.StopRequests(max_minutes, t_start) as requests:
+        try:
+            state, step, stop = _loop(exp, state, mngr, path, requests, evaluates)
+        finally:
+            checkpoints.finish(mngr)
+    if stop & Stop.FAILURE:
+        raise TrainingFailure(requests.failure or "another process failed (see its log): "
+                              "stopped without saving; the last checkpoint is kept")
+    print(f"done: step {step}, checkpoints in {path / checkpoints.CHECKPOINTS}")
+    return RunResult(state, step, stop)
+
+
+def _loop(exp: Experiment, state: TrainState, mngr: Any, workdir: epath.Path,
+          requests: stops.StopRequests, evaluates: bool) -> tuple[TrainState, int, Stop]:
+    """Steps until the processes agree to stop; saves where they stopped unless one
+    failed. Returns (state, step, agreed stop)."""
+    config = exp.config
     step = int(state.step)
     print(f"training {config.dataset} on {exp.num_devices} device(s) "
           f"({jax.devices()[0].platform}), batch {config.batch_size}, "
           f"{exp.frames_per_step()} frames/step, workdir {workdir}")
-    out = Outputs(exp, workdir, step, FrechetToTrainingDigits(exp) if evaluates else None)
+    frechet = FrechetToTrainingDigits(exp) if evaluates else None
+    out = Outputs(exp, workdir, step, frechet)
     step_fn = train_step.make_train_step(exp)
     root_key = jax.random.PRNGKey(config.seed)
-    stop = GracefulStop()
-    deadline = t_start + 60.0 * max_minutes if max_minutes > 0 else None
 
     def is_due(every: int) -> bool:
         return step % every == 0 or step == config.num_train_steps
 
     try:
-        while step < config.num_train_steps and not stop.requested:
-            if deadline is not None and time.perf_counter() >= deadline:
-                print(f"\n--max_minutes={max_minutes:g} reached at step {step}")
+        while True:
+            stop = requests.agreed()  # the same on every process
+            if stop or step >= config.num_train_steps:
                 break
             state, metrics = step_fn(state, jax.random.fold_in(root_key, step))
             step += 1
             out.bar.update(1)
-            if is_due(config.log_every):
-                out.log_metrics(step, metrics)
-            if out.frechet is not None and is_due(config.eval_every):
-                out.frechet_distance(step, state)
-            if is_due(config.sample_every):
-                out.samples(step, state)
-            if is_due(config.checkpoint_every):
-                checkpoints.save(mngr, step, state)
-        if stop.requested:
-            print(f"\ninterrupted at step {step}: saving a checkpoint")
-        if (stop.requested or deadline is not None) and mngr.latest_step() != step:
-            checkpoints.save(mngr, step, state, force=True)
+            try:
+                in_a_row = int(metrics["skipped_in_a_row"])
+                if in_a_row >= config.max_nonfinite_in_a_row:
+                    requests.fail(
+                        f"{in_a_row} updates in a row had non-finite gradients (step {step},"
+                        f" max_nonfinite_in_a_row={config.max_nonfinite_in_a_row}): stopped;"
+                        " the last checkpoint is kept"
+                    )
+                    continue
+                if is_due(config.log_every):
+                    out.log_metrics(step, metrics)
+                if out.frechet is not None and is_due(config.eval_every):
+                    out.frechet_distance(step, state)
+                if is_due(config.sample_every):
+                    out.samples(step, state)
+                checkpoints.check_saves(mngr)
+                if is_due(config.checkpoint_every):
+                    checkpoints.save(mngr, step, state)
+            except TrainingFailure as e:
+                requests.fail(str(e))
+        if stop & Stop.FAILURE:
+            print(f"\nstopped at step {step}: a process failed")
+        elif stop:
+            why = ("SIGTERM / Ctrl-C" if stop & Stop.SIGNAL
+                   else f"--max_minutes={requests.max_minutes:g}")
+            print(f"\n{why} at step {step}: saving a checkpoint")
+            if mngr.latest_step() != step:
+                checkpoints.save(mngr, step, state, force=True)
     finally:
-        stop.restore()
         out.close()
-        mngr.wait_until_finished()
-        mngr.close()
-    print(f"done: step {step}, checkpoints in {workdir / checkpoints.CHECKPOINTS}")
-    return state
+    return state, step, stop
 
 
 class Outputs:
@@ -184,8 +209,6 @@ class Outputs:
         self.postfix.update(_progress(metrics))
         self.bar.set_postfix(self.postfix, refresh=False)
         self.log.scalars(step, metrics)
-        if not all(np.isfinite(v) for v in metrics.values()):
-            raise FloatingPointError(f"non-finite metrics at step {step}: {metrics}")
 
     def frechet_distance(self, step: int, state: TrainState) -> None:
         """Measures it, logs it, and saves the state as the best checkpoint if it is."""

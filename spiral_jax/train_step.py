@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import PartitionSpec as P
 
-from spiral_jax import disc_learner, gan_losses, policy_learner, rewards
+from spiral_jax import disc_learner, gan_losses, nonfinite, policy_learner, rewards
 from spiral_jax import discriminator as disc_lib
 from spiral_jax import replay as replay_lib
 from spiral_jax.experiment import Experiment, TrainState
@@ -75,9 +75,12 @@ def make_train_step(exp: Experiment) -> Callable[[TrainState, Array], tuple[Trai
         )
         policy_ema = state.policy_ema
         if policy_ema is not None:
-            # decay * average + (1 - decay) * params (Polyak averaging).
-            policy_ema = optax.incremental_update(
-                policy_params, policy_ema, 1.0 - exp.learner.ema_decay
+            # decay * average + (1 - decay) * params (Polyak averaging); a step whose
+            # update was skipped (non-finite gradients) leaves the average too.
+            policy_ema = nonfinite.unchanged_if_skipped(
+                optax.incremental_update(policy_params, policy_ema,
+                                         1.0 - exp.learner.ema_decay),
+                policy_ema, state.policy_opt_state, policy_opt_state,
             )
 
         # 4. Replay and discriminator update.
@@ -91,6 +94,7 @@ def make_train_step(exp: Experiment) -> Callable[[TrainState, Array], tuple[Trai
 
         metrics.update(_episode_metrics(traj, reward, targets))
         metrics = _global_mean(metrics)
+        metrics.update(_skipped_updates(policy_opt_state, disc_state[2]))
         new_state = state.replace(
             step=state.step + 1,
             policy_params=policy_params,
@@ -125,6 +129,19 @@ def _episode_metrics(traj, reward: Array, targets: Array | None) -> Metrics:
         metrics["l2_to_target"] = jnp.mean(jnp.square(traj.final_canvas - targets))
         metrics["l2_blank"] = jnp.mean(jnp.square(1.0 - targets))
     return metrics
+
+
+def _skipped_updates(policy_opt_state, disc_opt_state) -> Metrics:
+    """Updates skipped for non-finite gradients (the same on every device, as the
+    gradients are averaged before the check): in total, and the longest current run of
+    them in a row, which the loop stops on (`config.max_nonfinite_in_a_row`)."""
+    policy_row, policy_total = nonfinite.counts(policy_opt_state)
+    disc_row, disc_total = nonfinite.counts(disc_opt_state)
+    return {
+        "skipped_policy_updates": policy_total,
+        "skipped_disc_updates": disc_total,
+        "skipped_in_a_row": jnp.maximum(policy_row, disc_row),
+    }
 
 
 def _global_mean(metrics: Metrics) -> Metrics:

@@ -47,8 +47,8 @@ def _checkpoint_steps(folder: pathlib.Path) -> list[int]:
 def test_a_run_writes_its_outputs_resumes_and_stops_on_time(tmp_path, capsys):
     config = _config(num_train_steps=4, checkpoint_every=2, sample_every=2, log_every=1,
                      eval_every=2, eval_episodes=16)
-    state = train.train_and_evaluate(config, tmp_path)
-    assert int(state.step) == 4
+    result = train.train_and_evaluate(config, tmp_path)
+    assert int(result.state.step) == result.step == 4 and result.exit_code == 0
     assert _checkpoint_steps(tmp_path / "checkpoints") == [2, 4]
     assert (tmp_path / "samples" / "step_0000004.png").exists()
     assert (tmp_path / "samples" / "real.png").exists()
@@ -64,8 +64,8 @@ def test_a_run_writes_its_outputs_resumes_and_stops_on_time(tmp_path, capsys):
 
     # The same call again resumes from step 4 and continues to 6.
     config = _config(num_train_steps=6, checkpoint_every=2, sample_every=100, log_every=1)
-    state = train.train_and_evaluate(config, tmp_path)
-    assert int(state.step) == 6 and "resumed from step 4" in capsys.readouterr().out
+    result = train.train_and_evaluate(config, tmp_path)
+    assert result.step == 6 and "resumed from step 4" in capsys.readouterr().out
     assert 6 in _checkpoint_steps(tmp_path / "checkpoints")
     # Every logged step is in metrics.jsonl; a resumed run's minutes carry on.
     records = _records(tmp_path)
@@ -78,9 +78,9 @@ def test_a_run_writes_its_outputs_resumes_and_stops_on_time(tmp_path, capsys):
 
     # A time limit stops the run early and saves where it stopped.
     config = _config(num_train_steps=100)
-    state = train.train_and_evaluate(config, tmp_path, max_minutes=1e-6)
-    assert int(state.step) == 6
-    assert "--max_minutes=1e-06 reached at step 6" in capsys.readouterr().out
+    result = train.train_and_evaluate(config, tmp_path, max_minutes=1e-6)
+    assert result.step == 6 and result.exit_code == 75
+    assert "--max_minutes=1e-06 at step 6" in capsys.readouterr().out
 
 
 @pytest.fixture(scope="module")

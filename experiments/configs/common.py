@@ -32,7 +32,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.log_every = 10  # steps between metrics records
     c.sample_every = 200  # steps between sample grids in <workdir>/samples
     c.checkpoint_every = 500  # steps between checkpoints
-    c.keep_checkpoints = 3  # latest checkpoints kept
+    c.keep_checkpoints = 3  # latest checkpoints kept (>= 1)
+    # Updates with non-finite gradients are skipped (and counted in the metrics); this
+    # many in a row (policy or critic) stop the run, keeping the last good checkpoint.
+    c.max_nonfinite_in_a_row = 10
     # Every eval_every steps (0 = never), the Fréchet distance between eval_episodes
     # paintings and as many training digits (unconditional digit runs; ignored
     # elsewhere); the checkpoint with the lowest is kept in best_checkpoints/.
