@@ -10,17 +10,20 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import textwrap
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from experiments.configs import small
 from spiral_jax import datasets as data_lib
-from spiral_jax import experiment, train, train_step
+from spiral_jax import experiment, rewards, train, train_step
+from spiral_jax.stops import TrainingFailure
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -168,6 +171,62 @@ def test_every_loss_and_reward_trains_without_nans(dataset, name):
     assert _moved(before.disc_params, state.disc_params)
     # The replay holds the three batches of final canvases.
     assert int(state.replay.count) == 3 * config.batch_size
+
+
+def _nan_rewards_on_some_steps(monkeypatch):
+    """Fault injection: the rewards of about every other step are NaN (decided by the
+    parity of the strokes painted), so the policy's gradients are not finite there."""
+    original = rewards.episode_rewards
+
+    def patched(cfg, traj, targets, d_score):
+        reward = original(cfg, traj, targets, d_score)
+        return jnp.where(jnp.sum(traj.action["flag"]) % 2 == 0, jnp.nan, reward)
+
+    monkeypatch.setattr(rewards, "episode_rewards", patched)
+
+
+def test_non_finite_updates_are_skipped_and_counted(dataset, monkeypatch):
+    _nan_rewards_on_some_steps(monkeypatch)
+    exp = experiment.build(_config(), dataset=dataset)
+    step_fn = train_step.make_train_step(exp)
+    state = exp.init_state(jax.random.PRNGKey(0))
+    seen, total = set(), 0
+    for i in range(8):
+        before = jax.device_get((state.policy_params, state.policy_opt_state.inner_state,
+                                 state.policy_ema))
+        state, metrics = step_fn(state, jax.random.PRNGKey(i))
+        after = jax.device_get((state.policy_params, state.policy_opt_state.inner_state,
+                                state.policy_ema))
+        skipped = int(metrics["skipped_policy_updates"]) - total
+        total += skipped
+        assert skipped in (0, 1) and int(metrics["skipped_in_a_row"]) <= i + 1
+        if skipped:  # parameters, Adam's moments and the average exactly as they were
+            _assert_same(before, after)
+        else:
+            assert _moved(before[0], after[0]) and _finite(after)
+        seen.add(skipped)
+    assert seen == {0, 1}  # both kinds of step happened
+    assert int(state.policy_opt_state.total_notfinite) == total
+
+
+def test_non_finite_updates_in_a_row_stop_the_run_keeping_good_checkpoints(
+        tmp_path, monkeypatch):
+    _nan_rewards_on_some_steps(monkeypatch)
+    config = _config(num_train_steps=30, checkpoint_every=1, max_nonfinite_in_a_row=1,
+                     sample_every=100)
+    with pytest.raises(TrainingFailure, match=r"1 updates in a row had non-finite gradients "
+                       r"\(step (\d+), max_nonfinite_in_a_row=1\)") as failure:
+        train.train_and_evaluate(config, tmp_path)
+    failed_at = int(re.search(r"step (\d+)", str(failure.value)).group(1))
+    saved = _checkpoint_steps(tmp_path / "checkpoints")
+    assert saved and max(saved) == failed_at - 1  # the failing step is never saved
+    records = _records(tmp_path)
+    assert max(r["step"] for r in records) == failed_at - 1
+
+
+def _assert_same(a, b):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 def test_policy_average_follows_its_update_rule(dataset):
