@@ -47,6 +47,7 @@ def main(argv):
     del argv
     config = _CONFIG.value
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+    logging.get_absl_handler().addFilter(_quiet_background_saves)
     if _MULTIHOST.value or config.multihost:
         _initialize_distributed()
     name = pathlib.Path(config_flags.get_config_filename(flags.FLAGS["config"])).stem
@@ -59,6 +60,13 @@ def main(argv):
     except TrainingFailure as e:  # the last good checkpoint is kept
         _exit(e, stops.EXIT_FAILURE)
     sys.exit(result.exit_code)
+
+
+def _quiet_background_saves(record) -> bool:
+    """Drops orbax's and asyncio's log records of a failed background save (each failed
+    write logs a traceback, hundreds of lines for one full disk): the run reports the
+    failure itself, in one line, and stops."""
+    return not (record.name == "asyncio" or "/orbax/" in record.pathname)
 
 
 def _initialize_distributed():

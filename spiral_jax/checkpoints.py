@@ -79,7 +79,7 @@ def save(mngr: ocp.CheckpointManager, step: int, state: TrainState, **kwargs: An
         mngr.save(step, args=ocp.args.StandardSave(state),
                   custom_metadata={"checksums": sums}, **kwargs)
     except Exception as e:  # noqa: BLE001 - any storage error ends the run the same way
-        raise TrainingFailure(f"saving checkpoint {step} in {mngr.directory} failed: "
+        raise TrainingFailure(f"a checkpoint save in {mngr.directory} failed: "
                               f"{_one_line(e)}") from e
 
 
@@ -222,10 +222,11 @@ def _move_aside(mngr: ocp.CheckpointManager, step: int, workdir: Any) -> epath.P
 
 
 def _one_line(error: BaseException) -> str:
-    """The first line of an error's message, at most 200 characters."""
+    """The first line of an error's message, at most about 200 characters: its start and
+    its end (where tensorstore puts the cause, e.g. "No space left on device")."""
     text = str(error).strip().splitlines()
     line = text[0].split(" See full TensorStore details")[0] if text else type(error).__name__
-    return line if len(line) <= 200 else line[:197] + "..."
+    return line if len(line) <= 200 else f"{line[:90]} ... {line[-105:]}"
 
 
 def _few(names: list[str], n: int = 3) -> str:

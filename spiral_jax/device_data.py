@@ -127,6 +127,34 @@ def sample_with_labels(
     )
 
 
+def take_sharded(local: jax.Array, idx: jax.Array, axis: str, scatter: bool = True
+                 ) -> jax.Array:
+    """Rows `idx` (indices into the whole dataset) of a uint8 dataset sharded over mesh
+    axis `axis` in equal contiguous blocks, as float32; inside ``shard_map``, where
+    `local` is this device's block.
+
+    `scatter=True`: `idx` are this device's own draws, and it gets their rows. Each
+    device contributes the rows it holds for every device's draws (zeros elsewhere) and
+    a reduce-scatter hands each device its own: adding zeros is exact, so the result
+    equals ``jnp.take`` on the unsharded dataset bit for bit, at the cost of one
+    reduce-scatter of the global batch. `scatter=False`: `idx` are the same on every
+    device, and every device gets all the rows (a sum instead).
+    """
+    if jax.lax.axis_size(axis) == 1:
+        return to_float(jnp.take(local, idx, axis=0))
+    wanted = jax.lax.all_gather(idx, axis, tiled=True) if scatter else idx
+    n = local.shape[0]
+    rel = wanted - jax.lax.axis_index(axis) * n
+    held = (rel >= 0) & (rel < n)
+    rows = jnp.take(local, jnp.clip(rel, 0, n - 1), axis=0).astype(jnp.int32)
+    rows = jnp.where(held.reshape((-1,) + (1,) * (rows.ndim - 1)), rows, 0)
+    if scatter:
+        rows = jax.lax.psum_scatter(rows, axis, scatter_dimension=0, tiled=True)
+    else:
+        rows = jax.lax.psum(rows, axis)
+    return to_float(rows.astype(jnp.uint8))
+
+
 def _device_memory_limit(device: jax.Device) -> int | None:
     """Bytes the device can hold, or None when the backend does not say (CPU)."""
     try:
@@ -218,9 +246,15 @@ def to_device(
                 f"max_examples={fit})), shard over more devices (to_device(ds, mesh, "
                 "axis=...)), or use a smaller image_size."
             )
-    return DeviceDataset(
-        images=jax.device_put(images, target), labels=jax.device_put(labels, target)
-    )
+    return DeviceDataset(images=_put(images, target), labels=_put(labels, target))
+
+
+def _put(array: np.ndarray, target: jax.Device | jax.sharding.Sharding) -> jax.Array:
+    """A host array on a device or a (possibly multi-process) sharding: each process
+    copies only the blocks its own devices hold."""
+    if isinstance(target, jax.sharding.Sharding):
+        return jax.make_array_from_callback(array.shape, target, lambda index: array[index])
+    return jax.device_put(array, target)
 
 
 def memory_bytes(num_examples: int, image_size: int, channels: int) -> int:

@@ -14,7 +14,7 @@ import optax
 from spiral_jax import discriminator as disc_lib
 from spiral_jax import gan_losses
 from spiral_jax import replay as replay_lib
-from spiral_jax.device_data import to_float
+from spiral_jax.device_data import take_sharded, to_float
 from spiral_jax.nonfinite import skip_nonfinite
 from spiral_jax.sharding import AXIS, global_keys
 from spiral_jax.types import Array, check_adam, is_int
@@ -57,10 +57,19 @@ def make_optimizer(cfg: DiscLearnerConfig) -> optax.GradientTransformation:
     return skip_nonfinite(optax.adam(cfg.learning_rate, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps))
 
 
-def sample_images(images: Array, keys: Array) -> Array:
-    """One uniformly drawn image per key, float32 [len(keys), H, W, C]."""
-    idx = jax.vmap(lambda k: jax.random.randint(k, (), 0, images.shape[0]))(keys)
-    return to_float(jnp.take(images, idx, axis=0))
+def sample_images(images: Array, keys: Array, axis: str | None = None) -> Array:
+    """One uniformly drawn image per key, float32 [len(keys), H, W, C].
+
+    With `axis` (inside `shard_map`), `images` is this device's block of a dataset
+    sharded over that mesh axis in equal blocks: each key still draws from the whole
+    dataset, and the images equal the unsharded draw's exactly (`take_sharded`).
+    """
+    shards = 1 if axis is None else jax.lax.axis_size(axis)
+    total = images.shape[0] * shards
+    idx = jax.vmap(lambda k: jax.random.randint(k, (), 0, total))(keys)
+    if axis is None:
+        return to_float(jnp.take(images, idx, axis=0))
+    return take_sharded(images, idx, axis)
 
 
 def sample_replay(replay: replay_lib.Replay, keys: Array) -> tuple[Array, Array | None]:
@@ -97,7 +106,7 @@ def update(
     # A Python loop, not lax.scan (see `policy_learner.update`).
     for update_key in jax.random.split(key, cfg.updates_per_step):
         k_real, k_fake, k_eps = jax.random.split(update_key, 3)
-        real = sample_images(images, global_keys(k_real, batch_size))
+        real = sample_images(images, global_keys(k_real, batch_size), AXIS)
         fake, fake_target = sample_replay(replay, global_keys(k_fake, batch_size))
         eps = jax.vmap(lambda k: jax.random.uniform(k, ()))(global_keys(k_eps, batch_size))
         critic = disc_lib.critic_fn(disc, spectral)

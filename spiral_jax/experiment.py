@@ -199,11 +199,19 @@ class Experiment:
         return self._samplers[batch_size, greedy]
 
     def sample_data(self, keys: Array) -> Array:
-        """Training images, one per key (for pictures and fixed conditional targets)."""
-        return _sample_images(self.data.images, keys)
+        """Training images, one per key (for pictures and fixed conditional targets),
+        on every device and process."""
+        if "sample_data" not in self._samplers:
+            def sample(images: Array, keys: Array) -> Array:
+                total = images.shape[0] * jax.lax.axis_size(AXIS)
+                idx = jax.vmap(lambda k: jax.random.randint(k, (), 0, total))(keys)
+                return device_data.take_sharded(images, idx, AXIS, scatter=False)
 
-
-_sample_images = jax.jit(disc_learner.sample_images)
+            self._samplers["sample_data"] = jax.jit(jax.shard_map(
+                sample, mesh=self.mesh, in_specs=(P(AXIS), P()), out_specs=P(),
+                check_vma=False,
+            ))
+        return self._samplers["sample_data"](self.data.images, keys)
 
 
 def build(
@@ -248,6 +256,7 @@ def _build(config: ml_collections.ConfigDict, mesh: Mesh,
             f"dataset images {dataset.image_shape} do not match the canvas "
             f"{env.observation_shape}"
         )
-    data = device_data.to_device(dataset, NamedSharding(mesh, P()))
+    # Each device holds an equal block of the examples (`disc_learner.sample_images`).
+    data = device_data.to_device(dataset, NamedSharding(mesh, P(AXIS)))
     return Experiment(config, env, agent, disc, learner, disc_learner_config, reward, data,
                       mesh)

@@ -1,16 +1,22 @@
 """What a training run writes besides checkpoints: scalars to `metrics.jsonl` and
 TensorBoard, sample grids to PNG files and TensorBoard. Only the chief process (index
-0) writes; on the others every method does nothing."""
+0) writes; on the others every method does nothing.
+
+Everything goes through `etils.epath`, so a workdir in a bucket (`gs://...`) works like
+a local one: tensorboardX's own bucket writers are replaced, for the workdir's scheme,
+by one that writes through epath (`EpathEventFiles`).
+"""
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from typing import Any
 
 import numpy as np
 from etils import epath
-from tensorboardX import SummaryWriter
+from tensorboardX import SummaryWriter, record_writer
 
 from spiral_jax.pictures import to_pil
 
@@ -49,6 +55,9 @@ class RunLog:
             path = workdir / METRICS_FILE
             self._minutes_before = minutes_trained(path, start_step)
             self._file = path.open("a")
+            scheme = str(workdir).split("://")[0] if "://" in str(workdir) else None
+            if scheme is not None:
+                record_writer.register_writer_factory(scheme, EpathEventFiles())
             self._tb = SummaryWriter(str(workdir / "tensorboard"))
             (workdir / "samples").mkdir(exist_ok=True)
 
@@ -81,3 +90,31 @@ class RunLog:
             self._tb.close()
         if self._file is not None:
             self._file.close()
+
+
+class EpathEventFiles:
+    """tensorboardX writer factory for paths with a scheme (`gs://`, `s3://`), through
+    epath. An object in a bucket cannot be appended to, so each event file is kept in
+    memory and rewritten whole on every flush (tensorboardX flushes every two minutes
+    and on close); scalars and a few sample grids make small files."""
+
+    def directory_check(self, path: str) -> None:
+        epath.Path(path).mkdir(parents=True, exist_ok=True)
+
+    def open(self, path: str) -> _EpathEventFile:
+        return _EpathEventFile(epath.Path(path))
+
+
+class _EpathEventFile:
+    def __init__(self, path: epath.Path):
+        self.path = path
+        self.buffer = io.BytesIO()
+
+    def write(self, data: bytes) -> None:
+        self.buffer.write(data)
+
+    def flush(self) -> None:
+        self.path.write_bytes(self.buffer.getvalue())
+
+    def close(self) -> None:
+        self.flush()

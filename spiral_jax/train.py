@@ -130,6 +130,7 @@ def _loop(exp: Experiment, state: TrainState, mngr: Any, workdir: epath.Path,
     def is_due(every: int) -> bool:
         return step % every == 0 or step == config.num_train_steps
 
+    crash: Exception | None = None  # raised once the other processes know
     try:
         while True:
             stop = requests.agreed()  # the same on every process
@@ -158,13 +159,21 @@ def _loop(exp: Experiment, state: TrainState, mngr: Any, workdir: epath.Path,
                     checkpoints.save(mngr, step, state)
             except TrainingFailure as e:
                 requests.fail(str(e))
+            except Exception as e:  # noqa: BLE001 - a bug: agree to stop, then raise it
+                requests.fail(f"{type(e).__name__}: {e}")
+                crash = e
+        if crash is not None:
+            raise crash
         if stop & Stop.FAILURE:
             print(f"\nstopped at step {step}: a process failed")
         elif stop:
             why = ("SIGTERM / Ctrl-C" if stop & Stop.SIGNAL
-                   else f"--max_minutes={requests.max_minutes:g}")
-            print(f"\n{why} at step {step}: saving a checkpoint")
-            if mngr.latest_step() != step:
+                   else f"--max_minutes={requests.max_minutes:g}" if requests.max_minutes
+                   else "--max_minutes of another process")
+            if mngr.latest_step() == step or step == 0:  # nothing new to save
+                print(f"\n{why} at step {step}")
+            else:
+                print(f"\n{why} at step {step}: saving a checkpoint")
                 checkpoints.save(mngr, step, state, force=True)
     finally:
         out.close()

@@ -46,7 +46,7 @@ def make_train_step(exp: Experiment) -> Callable[[TrainState, Array], tuple[Trai
         k_roll, k_target, k_disc = jax.random.split(jax.random.fold_in(key, 0), 3)
         targets = None
         if config.conditional:
-            targets = disc_learner.sample_images(images, global_keys(k_target, batch))
+            targets = disc_learner.sample_images(images, global_keys(k_target, batch), AXIS)
 
         # 1. Rollout, with the learner's parameters in the compute dtype.
         behaviour = state.policy_params
@@ -107,15 +107,20 @@ def make_train_step(exp: Experiment) -> Callable[[TrainState, Array], tuple[Trai
         )
         return new_state, metrics
 
-    def train_step(state: TrainState, key: Array) -> tuple[TrainState, Metrics]:
+    def train_step(state: TrainState, images: Array, key: Array
+                   ) -> tuple[TrainState, Metrics]:
         specs = exp.state_specs(state)
         sharded = jax.shard_map(
-            local_step, mesh=exp.mesh, in_specs=(specs, P(), P()), out_specs=(specs, P()),
+            local_step, mesh=exp.mesh, in_specs=(specs, P(AXIS), P()),
+            out_specs=(specs, P()),
             check_vma=False,
         )
-        return sharded(state, exp.data.images, key)
+        return sharded(state, images, key)
 
-    return jax.jit(train_step, donate_argnums=0)
+    # The images are an argument, not a constant: with several processes, no process
+    # holds all of them.
+    jitted = jax.jit(train_step, donate_argnums=0)
+    return lambda state, key: jitted(state, exp.data.images, key)
 
 
 def _episode_metrics(traj, reward: Array, targets: Array | None) -> Metrics:

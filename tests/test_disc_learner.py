@@ -3,6 +3,12 @@ draws real and replayed examples, and one Adam step against a closed form."""
 
 from __future__ import annotations
 
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,6 +19,8 @@ from spiral_jax import disc_learner as DL
 from spiral_jax import discriminator as D
 from spiral_jax import replay as replay_lib
 from spiral_jax.sharding import make_mesh
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 # ----------------------------------------------------------------------------------------
 # DiscLearnerConfig.
@@ -128,3 +136,40 @@ def test_one_wgan_step_is_adams_first_step_on_the_closed_form_gradient():
     d_real, d_fake = real.reshape(-1) / 255.0 @ w, fake.reshape(-1) @ w
     assert float(metrics["wasserstein"]) == pytest.approx(d_real - d_fake, rel=1e-4, abs=1e-6)
     assert float(metrics["d_loss"]) == pytest.approx(d_fake - d_real, rel=1e-4, abs=1e-6)
+
+
+_SHARDED_DRAWS = textwrap.dedent(
+    """
+    import jax, numpy as np
+    from jax.sharding import NamedSharding, PartitionSpec as P
+    from spiral_jax import datasets, device_data, disc_learner as DL
+    from spiral_jax.sharding import AXIS, make_mesh
+    images = np.random.default_rng(0).integers(0, 256, (12, 3, 3, 1), dtype=np.uint8)
+    keys = jax.random.split(jax.random.PRNGKey(1), 8)
+    whole = np.asarray(jax.jit(DL.sample_images)(images, keys))
+    mesh = make_mesh()
+    assert mesh.devices.size == 4
+    local = lambda im, k: DL.sample_images(im, k, AXIS)
+    sharded = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P(AXIS), P(AXIS)),
+                                    out_specs=P(AXIS), check_vma=False))
+    data = device_data.to_device(datasets.ImageDataset(
+        name="t", split="train", images=images, labels=np.zeros(12, np.int32),
+        indices=np.arange(12), num_classes=None), NamedSharding(mesh, P(AXIS)))
+    got = np.asarray(sharded(data.images, keys))
+    np.testing.assert_array_equal(got, whole)
+    idx = np.array([0, 11, 5, 6, 6, 3])  # the same rows asked on every device
+    every = jax.jit(jax.shard_map(
+        lambda im: device_data.take_sharded(im, idx, AXIS, scatter=False), mesh=mesh,
+        in_specs=P(AXIS), out_specs=P(), check_vma=False))
+    np.testing.assert_array_equal(np.asarray(every(data.images)), images[idx] / np.float32(255))
+    print("OK")
+    """
+)
+
+
+def test_draws_from_a_sharded_dataset_equal_the_unsharded_draws():
+    env = dict(os.environ, PYTHONPATH=str(REPO),
+               XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    out = subprocess.run([sys.executable, "-c", _SHARDED_DRAWS], env=env, capture_output=True,
+                         text=True, cwd=REPO, timeout=300)
+    assert out.returncode == 0 and "OK" in out.stdout, out.stdout + out.stderr[-3000:]

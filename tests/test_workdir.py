@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 
 import pytest
@@ -83,3 +84,51 @@ def test_differences_are_found_at_any_depth():
     assert workdir.differences(old, new) == {
         "b.c": ([1, 2], [1, 3]), "b.d": ("x", None), "b.e": (None, 2)
     }
+
+
+@pytest.fixture
+def fake_bucket(monkeypatch, tmp_path):
+    """gs:// backed by fsspec's in-memory filesystem: the path layer is exercised end to
+    end and nothing touches the network. The test runs in an empty directory, to show
+    that nothing lands on local disk (pathlib would make `./gs:/bucket/...`)."""
+    registry = importlib.import_module("fsspec.registry")
+    from etils.epath import backend
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    class Bucket(MemoryFileSystem):
+        store: dict = {}  # this bucket's own store, not the global memory:// one
+        pseudo_dirs = [""]
+
+    monkeypatch.setitem(registry._registry, "gcs", Bucket)
+    backend.fsspec_backend._get_filesystem.cache_clear()
+    monkeypatch.chdir(tmp_path)
+    yield Bucket
+    backend.fsspec_backend._get_filesystem.cache_clear()
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_bucket_workdir_holds_the_config_metrics_pictures_and_tensorboard(fake_bucket):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from spiral_jax.run_log import RunLog
+
+    path = workdir.check("gs://bucket/run")
+    assert str(path) == "gs://bucket/run"
+    workdir.check_config(path, small.get_config(), resuming=False, allow_change=False)
+    log = RunLog(path, 0, frames_per_step=40, is_chief=True)
+    log.scalars(1, {"episode_return": 0.5})
+    grid = np.full((8, 8, 3), 200, np.uint8)
+    log.image("samples", grid, 1, "step_0000001.png")
+    log.close()
+
+    assert json.loads((path / "config.json").read_text())["batch_size"] == 8
+    record = json.loads((path / "metrics.jsonl").read_text())
+    assert record["step"] == 1 and record["episode_return"] == 0.5
+    png = Image.open(io.BytesIO((path / "samples" / "step_0000001.png").read_bytes()))
+    np.testing.assert_array_equal(np.asarray(png), grid)
+    (events,) = list((path / "tensorboard").iterdir())
+    data = events.read_bytes()
+    assert events.name.startswith("events.out.tfevents") and b"train/episode_return" in data

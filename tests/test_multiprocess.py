@@ -1,0 +1,142 @@
+"""Two processes on 127.0.0.1 (CPU, gloo), as on a pod: the same metrics as one process
+with two devices, and stops that both processes agree on (SIGTERM to one of them, a
+time limit on one of them), each saving the same checkpoint and resuming. Slow: every
+launch compiles the train step in each process."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+ARGS = ["--config=small", "--config.max_examples=256", "--config.log_every=1",
+        "--config.sample_every=1000", "--config.checkpoint_every=1000",
+        "--config.disc_learner.updates_per_step=1"]
+EXIT_STOPPED = 75
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    """A compilation cache shared by this module's launches."""
+    return tmp_path_factory.mktemp("jax_cache")
+
+
+def _env(cache_dir, devices: int = 1) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(REPO), JAX_COMPILATION_CACHE_DIR=str(cache_dir),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    return env
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch_two(workdir, cache_dir, *extra, per_process=((), ())):
+    port = _free_port()
+    return [
+        subprocess.Popen(
+            [sys.executable, "-m", "experiments.train", f"--workdir={workdir}", *ARGS, *extra,
+             "--multihost", f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+             f"--process_id={i}", *per_process[i]],
+            env=_env(cache_dir), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+
+
+def _finish(procs, timeout):
+    outs = []
+    for p in procs:
+        out, err = p.communicate(timeout=timeout)
+        outs.append((p.returncode, out, err))
+    return outs
+
+
+def _records(workdir) -> list[dict]:
+    path = pathlib.Path(workdir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _checkpoint_steps(workdir) -> list[int]:
+    folder = pathlib.Path(workdir) / "checkpoints"
+    if not folder.exists():
+        return []
+    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit())
+
+
+def _describe(outs) -> str:
+    return "\n".join(f"rc={rc}\n{out[-1500:]}\n{err[-2500:]}" for rc, out, err in outs)
+
+
+def test_two_processes_equal_one_process_with_two_devices(tmp_path, cache_dir):
+    steps = ["--config.num_train_steps=3"]
+    outs = _finish(_launch_two(tmp_path / "two", cache_dir, *steps), timeout=900)
+    assert [rc for rc, _, _ in outs] == [0, 0], _describe(outs)
+    one = subprocess.run(
+        [sys.executable, "-m", "experiments.train", f"--workdir={tmp_path / 'one'}", *ARGS,
+         *steps], env=_env(cache_dir, devices=2), cwd=REPO, capture_output=True, text=True,
+        timeout=900,
+    )
+    assert one.returncode == 0, one.stderr[-3000:]
+    two_records, one_records = _records(tmp_path / "two"), _records(tmp_path / "one")
+    assert [r["step"] for r in two_records] == [r["step"] for r in one_records] == [1, 2, 3]
+    for a, b in zip(two_records, one_records, strict=True):
+        for k in set(a) - {"minutes", "frames_per_second"}:
+            np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-7, err_msg=k)
+
+
+def test_sigterm_to_one_process_stops_both_at_the_same_step_and_they_resume(
+        tmp_path, cache_dir):
+    procs = _launch_two(tmp_path, cache_dir, "--config.num_train_steps=100000")
+    deadline = time.time() + 900
+    while not _records(tmp_path) and time.time() < deadline:  # compiled, training
+        assert all(p.poll() is None for p in procs), _describe(_finish(procs, 60))
+        time.sleep(1)
+    procs[1].send_signal(signal.SIGTERM)  # only one of them, as a preempted host
+    t_signal = time.time()
+    outs = _finish(procs, timeout=120)
+    assert time.time() - t_signal < 60
+    assert [rc for rc, _, _ in outs] == [EXIT_STOPPED] * 2, _describe(outs)
+    (step,) = _checkpoint_steps(tmp_path)
+    assert step == max(r["step"] for r in _records(tmp_path))
+    for _, out, _ in outs:
+        assert f"SIGTERM / Ctrl-C at step {step}: saving a checkpoint" in out
+
+    # The same command resumes, in both processes.
+    outs = _finish(_launch_two(tmp_path, cache_dir, f"--config.num_train_steps={step + 2}"),
+                   timeout=900)
+    assert [rc for rc, _, _ in outs] == [0, 0], _describe(outs)
+    assert all(f"resumed from step {step}" in out for _, out, _ in outs)
+    assert _checkpoint_steps(tmp_path)[-1] == step + 2
+
+
+def test_a_time_limit_on_one_process_stops_both(tmp_path, cache_dir):
+    procs = _launch_two(tmp_path, cache_dir, "--config.num_train_steps=100000",
+                        per_process=((), ("--max_minutes=0.75",)))
+    outs = _finish(procs, timeout=900)
+    assert [rc for rc, _, _ in outs] == [EXIT_STOPPED] * 2, _describe(outs)
+    steps = {int(re.search(r"max_minutes[^\n]* at step (\d+)", out).group(1))
+             for _, out, _ in outs}
+    assert len(steps) == 1, _describe(outs)  # the same step in both
+    (step,) = steps
+    # (Compilation may outlast the limit: then both stop before the first step.)
+    assert _checkpoint_steps(tmp_path) == ([step] if step else [])
