@@ -11,6 +11,7 @@ codes: 0 finished, 75 stopped early (resumable), 2 bad input, 1 failure
 (`spiral_jax/stops.py`).
 """
 
+import os
 import pathlib
 import sys
 
@@ -57,6 +58,12 @@ def main(argv):
                                           allow_config_change=_ALLOW_CHANGE.value)
     except (ConfigError, FileNotFoundError) as e:  # before anything compiled
         _exit(e, stops.EXIT_BAD_INPUT)
+    except stops.LostProcess as e:
+        # Exit now: JAX's shutdown would wait for the lost process's heartbeat, then abort.
+        sys.stderr.write(f"error: {e}\n")
+        sys.stderr.flush()
+        sys.stdout.flush()
+        os._exit(stops.EXIT_FAILURE)
     except TrainingFailure as e:  # the last good checkpoint is kept
         _exit(e, stops.EXIT_FAILURE)
     sys.exit(result.exit_code)

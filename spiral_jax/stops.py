@@ -101,10 +101,21 @@ class StopRequests:
         return agree(self.local())
 
 
+class LostProcess(TrainingFailure):
+    """Another process is gone (killed, its host lost): this one stops at once, without
+    the collective clean-up that would wait for the lost process."""
+
+
 def agree(flags: Stop) -> Stop:
     """The OR of `flags` over all processes (a collective: every process must call it
-    at the same point); with one process, `flags` itself."""
+    at the same point); with one process, `flags` itself. Raises LostProcess if the
+    collective fails because a process is gone."""
     if jax.process_count() == 1:
         return flags
-    gathered = multihost_utils.process_allgather(np.asarray(int(flags), np.int32))
+    try:
+        gathered = multihost_utils.process_allgather(np.asarray(int(flags), np.int32))
+    except Exception as e:  # noqa: BLE001 - gloo / the runtime says a peer is gone
+        cause = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise LostProcess(f"lost another process ({cause}): stopping without saving; "
+                          "rerun every process to resume from the last checkpoint") from e
     return Stop(int(np.bitwise_or.reduce(np.asarray(gathered).reshape(-1))))

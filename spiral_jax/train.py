@@ -102,10 +102,15 @@ def train_and_evaluate(
         mngr.close()
         raise
     with stops.StopRequests(max_minutes, t_start) as requests:
+        lost = False  # a lost process: skip the clean-up, which would wait for it
         try:
             state, step, stop = _loop(exp, state, mngr, path, requests, evaluates)
+        except stops.LostProcess:
+            lost = True
+            raise
         finally:
-            checkpoints.finish(mngr)
+            if not lost:
+                checkpoints.finish(mngr)
     if stop & Stop.FAILURE:
         raise TrainingFailure(requests.failure or "another process failed (see its log): "
                               "stopped without saving; the last checkpoint is kept")

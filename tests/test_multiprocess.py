@@ -140,3 +140,18 @@ def test_a_time_limit_on_one_process_stops_both(tmp_path, cache_dir):
     (step,) = steps
     # (Compilation may outlast the limit: then both stop before the first step.)
     assert _checkpoint_steps(tmp_path) == ([step] if step else [])
+
+
+def test_a_lost_process_ends_the_other_at_once_with_one_line(tmp_path, cache_dir):
+    procs = _launch_two(tmp_path, cache_dir, "--config.num_train_steps=100000")
+    deadline = time.time() + 900
+    while not _records(tmp_path) and time.time() < deadline:
+        assert all(p.poll() is None for p in procs), _describe(_finish(procs, 60))
+        time.sleep(1)
+    procs[1].kill()  # SIGKILL: a lost host
+    t_kill = time.time()
+    rc, out, err = _finish(procs[:1], timeout=120)[0]
+    assert time.time() - t_kill < 60
+    procs[1].wait()
+    assert rc == 1, err[-3000:]
+    assert err.strip().splitlines()[-1].startswith("error: lost another process")
