@@ -13,6 +13,7 @@ codes: 0 finished, 75 stopped early (resumable), 2 bad input, 1 failure
 
 import os
 import pathlib
+import re
 import sys
 
 import jax
@@ -89,9 +90,17 @@ def _initialize_distributed():
 
 def parse_flags(argv):
     try:
-        return app.parse_flags_with_usage(configs.resolve_argv(argv))
-    except ValueError as e:  # an unknown config name
+        return flags.FLAGS(configs.resolve_argv(argv))
+    except (flags.Error, ValueError) as e:  # a bad flag or field value, an unknown config
         _exit(e, stops.EXIT_BAD_INPUT)
+    except (AttributeError, KeyError) as e:  # ml_collections: --config.FIELD it lacks
+        text = str(e)
+        name = (re.findall(r"'([\w.]+)", text) or [text])[0]
+        hint = re.findall(r'Did you mean \\?"([\w.]+)', text)
+        given = [a.split("=")[0] for a in argv
+                 if a.startswith("--config.") and a.split("=")[0].split(".")[-1] == name]
+        _exit(f"{given[0] if given else name}: the config has no field {name!r}"
+              + (f" (did you mean {hint[0]!r}?)" if hint else ""), stops.EXIT_BAD_INPUT)
 
 
 def _exit(error: Exception | str, code: int):

@@ -306,8 +306,9 @@ def test_two_devices_equal_one_device_on_the_same_global_batch():
 
 def _train_cli(workdir, *extra, timeout=900):
     env = dict(os.environ, PYTHONPATH=str(REPO))
+    workdir_flag = [] if workdir is None else [f"--workdir={workdir}"]
     return subprocess.run(
-        [sys.executable, "-m", "experiments.train", f"--workdir={workdir}", *extra],
+        [sys.executable, "-m", "experiments.train", *workdir_flag, *extra],
         env=env, capture_output=True, text=True, cwd=REPO, timeout=timeout,
     )
 
@@ -334,10 +335,25 @@ def test_command_line_trains_and_resumes(tmp_path):
         (["--config=small", "--config.disc_learner.loss=hinge"], "hinge"),
         (["--config=small", "--config.eval_every=5", "--config.eval_episodes=1"],
          "eval_episodes=1 must be >= 2"),
+        (["--config=small", "--config.checkpoint_every=0"], "checkpoint_every=0 must be"),
+        (["--config=small", "--config.log_every=0"], "log_every=0 must be"),
+        (["--config=small", "--config.keep_checkpoints=0"], "keep_checkpoints=0 must be"),
+        (["--config=small", "--config.num_train_steps=0"], "num_train_steps=0 must be"),
+        (["--config=small", "--config.disc_learner.learning_rate=-0.0001"],
+         "disc_learner.learning_rate=-0.0001: must be a number > 0"),
+        (["--config=small", "--max_minutes=-1"], "max_minutes=-1.0 must be"),
+        (["--config=small", "--workdir=/proc/spiral_run"], "cannot be written"),
+        (["--config=small", "--workdir=memory://run"], "unsupported scheme"),
+        (["--config=small", "--workdir=gs://bucket/run"], "gs://bucket/run: "),
+        (["--config=small", "--multihost"], "--multihost: "),
     ],
 )
-def test_command_line_rejects_bad_configs(tmp_path, args, message):
-    out = _train_cli(tmp_path, *args, timeout=300)
-    assert out.returncode != 0
-    assert message in out.stderr + out.stdout
+def test_command_line_rejects_bad_input_in_one_line_before_compiling(tmp_path, args, message):
+    if not any(a.startswith("--workdir") for a in args):
+        args = [f"--workdir={tmp_path}", *args]
+    out = _train_cli(None, *args, timeout=300)
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and message in last, last
     assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
