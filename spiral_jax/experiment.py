@@ -250,6 +250,7 @@ def _build(config: ml_collections.ConfigDict, mesh: Mesh,
         dataset = data_lib.load(
             config.dataset, "train", image_size=env.canvas_width, channels=env.channels,
             data_dir=config.data_dir or None, max_examples=config.max_examples or None,
+            invert=bool(config.get("invert_images", False)),  # absent in older config.json
         )
     if dataset.image_shape != env.observation_shape:
         raise ValueError(

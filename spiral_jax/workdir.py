@@ -80,11 +80,12 @@ def to_json(config: ml_collections.ConfigDict) -> str:
 
 
 def differences(old: dict, new: dict, prefix: str = "") -> dict[str, tuple[Any, Any]]:
-    """{dotted field: (old value, new value)} for every field that differs (a missing
-    field counts as None)."""
+    """{dotted field: (old value, new value)} for every field that both have and that
+    differs. A field only one side has is not a change: it was added or removed by
+    another version (an unknown field is refused when the config is built)."""
     out: dict[str, tuple[Any, Any]] = {}
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
+    for key in sorted(set(old) & set(new)):
+        a, b = old[key], new[key]
         name = f"{prefix}{key}"
         if isinstance(a, dict) and isinstance(b, dict):
             out.update(differences(a, b, f"{name}."))

@@ -20,8 +20,11 @@ from spiral_jax.rewards import RewardConfig
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0  # parameters, and step t's randomness: fold_in(PRNGKey(seed), t)
-    c.dataset = "mnist5k"  # mnist5k | mnist | omniglot | celeb_a
-    c.data_dir = ""  # TFDS data_dir of prepared data; "" = TFDS's default
+    c.dataset = "mnist5k"  # mnist5k | mnist | omniglot | celeb_a | folder (your images)
+    # TFDS data_dir of prepared data ("" = TFDS's default); for dataset=folder, the
+    # folder of PNG/JPEG images (its train/ and test/ subfolders, if any, are the splits)
+    c.data_dir = ""
+    c.invert_images = False  # dataset=folder: light ink on a dark ground; invert it
     c.max_examples = 0  # training images kept; 0 = the whole split
     c.conditional = False  # agent and D see a target image (conditional agents)
     c.compute_dtype = "float32"  # networks' compute dtype: float32 | bfloat16

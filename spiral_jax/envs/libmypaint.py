@@ -245,18 +245,35 @@ class LibMyPaint:
         n = self._action_spec[name]
         return jnp.clip(jnp.asarray(action[name], jnp.int32), 0, n - 1)
 
-    def _paint(self, state: EnvState, action: Mapping[str, Any], key: jax.Array) -> EnvState:
-        control = self._grid_to_canvas(self._part(action, "control"))
-        end = self._grid_to_canvas(self._part(action, "end"))
-        pressure_end = (
-            self._pressures[self._part(action, "pressure")] if self.use_pressure else 1.0
-        )
-        pressure_end = jnp.asarray(pressure_end, jnp.float32)
+    def decode_action(self, action: Mapping[str, Any]) -> dict[str, jax.Array]:
+        """What an action's ids mean on the canvas, exactly as `step` reads them (ids
+        clipped into range, as under `jit`), so that a description of an episode
+        (`spiral_jax.program`) cannot drift from what was painted.
+
+        Returns `flag` (1 paints, 0 moves), `control` and `end` (x, y) in canvas pixels,
+        `pressure` (at the stroke's end; 1 without pressure), `radius` in pixels and
+        `color` [channels] in [0, 1] (black ink on a one-channel canvas). A move uses
+        only `end`.
+        """
+        pressure = self._pressures[self._part(action, "pressure")] if self.use_pressure else 1.0
         size = self._sizes[self._part(action, "size")] if self.use_size else self._sizes[0]
         if self.use_color:
             color = jnp.stack([self._colors[self._part(action, k)] for k in COLOR_ACTIONS])
         else:
             color = jnp.zeros((1,), jnp.float32)
+        return dict(
+            flag=self._part(action, "flag"),
+            control=self._grid_to_canvas(self._part(action, "control")),
+            end=self._grid_to_canvas(self._part(action, "end")),
+            pressure=jnp.asarray(pressure, jnp.float32),
+            radius=size,
+            color=color,
+        )
+
+    def _paint(self, state: EnvState, action: Mapping[str, Any], key: jax.Array) -> EnvState:
+        decoded = self.decode_action(action)
+        control, end, size, color = (decoded[k] for k in ("control", "end", "radius", "color"))
+        pressure_end = decoded["pressure"]
 
         # After a move (pen up) libmypaint's brush was reset: it starts at the pen, with
         # the new pressure, no speed and no partial dab.
