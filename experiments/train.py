@@ -50,6 +50,7 @@ def main(argv):
     config = _CONFIG.value
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     logging.get_absl_handler().addFilter(_quiet_background_saves)
+    sys.excepthook = _quiet_closed_loop(sys.excepthook)
     if _MULTIHOST.value or config.multihost:
         _initialize_distributed()
     name = pathlib.Path(config_flags.get_config_filename(flags.FLAGS["config"])).stem
@@ -75,6 +76,16 @@ def _quiet_background_saves(record) -> bool:
     write logs a traceback, hundreds of lines for one full disk): the run reports the
     failure itself, in one line, and stops."""
     return not (record.name == "asyncio" or "/orbax/" in record.pathname)
+
+
+def _quiet_closed_loop(hook):
+    """After a failed background save, tensorstore's pending writes call back into
+    orbax's closed event loop; each prints a traceback through sys.excepthook. Those
+    are dropped; every other exception is printed as usual."""
+    def excepthook(kind, value, traceback):
+        if not (kind is RuntimeError and str(value) == "Event loop is closed"):
+            hook(kind, value, traceback)
+    return excepthook
 
 
 def _initialize_distributed():

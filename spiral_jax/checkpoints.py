@@ -13,6 +13,7 @@ corrupt but from another config: that refuses to resume (`ConfigError`).
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from typing import Any
 
 import jax
@@ -75,12 +76,28 @@ def save(mngr: ocp.CheckpointManager, step: int, state: TrainState, **kwargs: An
             "not saved; the last checkpoint is kept"
         )
     check_saves(mngr)
+    _check_space(mngr, step, state)
     try:
         mngr.save(step, args=ocp.args.StandardSave(state),
                   custom_metadata={"checksums": sums}, **kwargs)
     except Exception as e:  # noqa: BLE001 - any storage error ends the run the same way
         raise TrainingFailure(f"a checkpoint save in {mngr.directory} failed: "
                               f"{_one_line(e)}") from e
+
+
+def _check_space(mngr: ocp.CheckpointManager, step: int, state: TrainState) -> None:
+    """TrainingFailure, before writing anything, if a local disk lacks the room for the
+    checkpoint (its arrays' bytes, plus a tenth); buckets are not checked."""
+    directory = str(mngr.directory)
+    if "://" in directory:
+        return
+    needed = 1.1 * sum(x.nbytes for x in jax.tree.leaves(state))
+    free = shutil.disk_usage(directory).free
+    if free < needed:
+        raise TrainingFailure(
+            f"no room for checkpoint {step} in {directory}: it needs about "
+            f"{needed / 1e6:.0f} MB, {free / 1e6:.0f} MB are free"
+        )
 
 
 def check_saves(mngr: ocp.CheckpointManager) -> None:

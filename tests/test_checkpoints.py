@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import shutil
 
 import jax
 import numpy as np
@@ -163,3 +164,18 @@ def test_a_checkpoint_of_another_config_refuses_and_is_kept(dataset, tmp_path, c
 def test_keep_checkpoints_must_keep_one(tmp_path):
     with pytest.raises(ValueError, match="keep_checkpoints=0 must be >= 1"):
         checkpoints.manager(tmp_path, keep=0)
+
+
+def test_a_disk_without_room_refuses_before_writing(dataset, tmp_path, monkeypatch):
+    exp = _experiment(dataset, 0.0)
+    state = exp.init_state(jax.random.PRNGKey(0))
+    needed = sum(x.nbytes for x in jax.tree.leaves(state))
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage",
+                        lambda path: usage._replace(free=needed // 2))
+    mngr = checkpoints.manager(tmp_path, keep=5)
+    with pytest.raises(TrainingFailure, match=r"no room for checkpoint 1 in .*: it needs "
+                                              r"about \d+ MB, \d+ MB are free"):
+        checkpoints.save(mngr, 1, state)
+    checkpoints.finish(mngr)
+    assert not any((tmp_path / "checkpoints").iterdir())
