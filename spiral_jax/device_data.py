@@ -173,6 +173,7 @@ def to_device(
     *,
     axis: str | None = None,
     memory_fraction: float = 0.5,
+    global_rows: int | None = None,
 ) -> DeviceDataset:
     """Puts a preprocessed dataset on device as uint8.
 
@@ -187,6 +188,10 @@ def to_device(
 
     When sharded, the examples are cut to a multiple of the shard count (at most
     shards - 1 dropped) so that every device holds the same number.
+
+    With several processes, each may pass only its own rows (``local_rows``) and
+    ``global_rows``, the size of the whole set: the global array is then made from the
+    processes' shares, and no process reads or holds the others'.
 
     Raises:
       ValueError: bad arguments, or the dataset does not fit (the message says how
@@ -225,6 +230,11 @@ def to_device(
         target = sharding
         devices = list(sharding.mesh.devices.flat)
         shards = int(sharding.mesh.shape[axis]) if axis else 1
+        if global_rows is not None:  # this process's share of a sharded set
+            return DeviceDataset(
+                images=_from_shares(images, target, global_rows),
+                labels=_from_shares(labels, target, global_rows),
+            )
         keep = (len(images) // shards) * shards
         if keep == 0:
             raise ValueError(f"{len(images)} examples cannot be sharded over {shards} devices")
@@ -247,6 +257,29 @@ def to_device(
                 "axis=...)), or use a smaller image_size."
             )
     return DeviceDataset(images=_put(images, target), labels=_put(labels, target))
+
+
+def local_rows(num_examples: int, sharding: jax.sharding.NamedSharding) -> tuple[int, int]:
+    """(start, stop): the rows of a set of `num_examples`, cut to a multiple of the shard
+    count, that this process's devices hold under `sharding` (sharded over its first
+    dimension; a process's devices hold contiguous rows)."""
+    spec = tuple(sharding.spec)
+    shards = int(sharding.mesh.shape[spec[0]]) if spec and spec[0] else 1
+    keep = (num_examples // shards) * shards
+    if keep == 0:
+        raise ValueError(f"{num_examples} examples cannot be sharded over {shards} devices")
+    blocks = sharding.addressable_devices_indices_map((keep,)).values()
+    starts = [b[0].start or 0 for b in blocks]
+    stops = [keep if b[0].stop is None else b[0].stop for b in blocks]
+    return min(starts), max(stops)
+
+
+def _from_shares(local: np.ndarray, target: jax.sharding.Sharding, global_rows: int
+                 ) -> jax.Array:
+    shards = len({(b[0].start, b[0].stop) for b in
+                  target.devices_indices_map((global_rows,)).values()})
+    keep = (global_rows // shards) * shards
+    return jax.make_array_from_process_local_data(target, local, (keep, *local.shape[1:]))
 
 
 def _put(array: np.ndarray, target: jax.Device | jax.sharding.Sharding) -> jax.Array:

@@ -246,18 +246,27 @@ def _build(config: ml_collections.ConfigDict, mesh: Mesh,
     learner = construct(policy_learner.LearnerConfig, config, "learner")
     disc_learner_config = construct(disc_learner.DiscLearnerConfig, config, "disc_learner")
     reward = construct(RewardConfig, config, "reward")
+    sharding = NamedSharding(mesh, P(AXIS))
+    global_rows = None
     if dataset is None:
-        dataset = data_lib.load(
-            config.dataset, "train", image_size=env.canvas_width, channels=env.channels,
+        load_args = dict(
+            image_size=env.canvas_width, channels=env.channels,
             data_dir=config.data_dir or None, max_examples=config.max_examples or None,
             invert=bool(config.get("invert_images", False)),  # absent in older config.json
         )
+        rows = None
+        if jax.process_count() > 1:  # each process reads only the rows its devices hold
+            global_rows = data_lib.num_examples(config.dataset, "train", **load_args)
+            rows = device_data.local_rows(global_rows, sharding)
+            print(f"process {jax.process_index()} reads training images {rows[0]}-{rows[1]} "
+                  f"of {global_rows}")
+        dataset = data_lib.load(config.dataset, "train", rows=rows, **load_args)
     if dataset.image_shape != env.observation_shape:
         raise ValueError(
             f"dataset images {dataset.image_shape} do not match the canvas "
             f"{env.observation_shape}"
         )
     # Each device holds an equal block of the examples (`disc_learner.sample_images`).
-    data = device_data.to_device(dataset, NamedSharding(mesh, P(AXIS)))
+    data = device_data.to_device(dataset, sharding, global_rows=global_rows)
     return Experiment(config, env, agent, disc, learner, disc_learner_config, reward, data,
                       mesh)

@@ -15,6 +15,7 @@ from typing import Any
 import jax
 import ml_collections
 from etils import epath
+from jax.experimental import multihost_utils
 
 from spiral_jax.experiment import ConfigError
 
@@ -71,6 +72,8 @@ def check_config(path: epath.Path, config: ml_collections.ConfigDict,
             )
         if changed:
             print(f"config changes since the last invocation: {_describe(changed)}")
+    if jax.process_count() > 1:  # every process has read the old file before it changes
+        multihost_utils.sync_global_devices("config.json compared")
     if jax.process_index() == 0:
         file.write_text(to_json(config))
 

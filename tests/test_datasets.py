@@ -299,6 +299,28 @@ def test_prepared_max_examples_channels_and_cache(prepared, tmp_path, monkeypatc
     np.testing.assert_array_equal(again.labels, full.labels)
 
 
+
+@pytest.mark.parametrize("name", ["mnist", "mnist5k"])
+def test_rows_read_only_a_share_equal_to_the_whole_sliced(prepared, monkeypatch, name):
+    """Each process of a multi-process run reads only its rows: the same images, labels
+    and source indices as the whole split's, and no image outside them is preprocessed."""
+    data_dir, _ = prepared
+    args = dict(image_size=16, data_dir=data_dir, max_examples=5)
+    whole = datasets.load(name, "train", **args)
+    assert datasets.num_examples(name, "train", **args) == len(whole) == 5
+    seen = []
+    convert = datasets.to_canvas_convention
+    monkeypatch.setattr(datasets, "to_canvas_convention",
+                        lambda image, **kw: seen.append(1) or convert(image, **kw))
+    share = datasets.load(name, "train", rows=(1, 4), **args)
+    assert len(seen) == 3
+    np.testing.assert_array_equal(share.images, whole.images[1:4])
+    np.testing.assert_array_equal(share.labels, whole.labels[1:4])
+    np.testing.assert_array_equal(share.indices, whole.indices[1:4])
+    with pytest.raises(ValueError, match=r"rows=\(5, 5\) must be \(start, stop\)"):
+        datasets.load(name, "train", rows=(5, 5), **args)
+
+
 # --------------------------------------------------------------------------------------
 # tfds.testing.mock_data: random examples of the real feature shapes.
 

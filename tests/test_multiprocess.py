@@ -91,6 +91,9 @@ def test_two_processes_equal_one_process_with_two_devices(tmp_path, cache_dir):
     steps = ["--config.num_train_steps=3"]
     outs = _finish(_launch_two(tmp_path / "two", cache_dir, *steps), timeout=900)
     assert [rc for rc, _, _ in outs] == [0, 0], _describe(outs)
+    # Each process read only the images its device holds.
+    assert "process 0 reads training images 0-128 of 256" in outs[0][1]
+    assert "process 1 reads training images 128-256 of 256" in outs[1][1]
     one = subprocess.run(
         [sys.executable, "-m", "experiments.train", f"--workdir={tmp_path / 'one'}", *ARGS,
          *steps], env=_env(cache_dir, devices=2), cwd=REPO, capture_output=True, text=True,
