@@ -28,7 +28,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 BASE = ["--config=small", "--config.max_examples=256", "--config.checkpoint_every=2",
         "--config.sample_every=1000"]
 KEYWORDS = ("error:", "checkpoint", "resumed", "stopped", "saving", "config changes",
-            "done:", "refus", "non-finite")
+            "SIGTERM", "max_minutes", "done:", "non-finite")
 
 
 def _env(cache: pathlib.Path) -> dict:
@@ -162,7 +162,8 @@ def main(argv):
     try:
         for name, run in cases(root):
             result = run(cache)
-            said = "<br>".join(f"`{line[:230]}`" for line in result["said"][-3:])
+            lines = [line.replace(str(root), "DIR")[:230] for line in result["said"][-3:]]
+            said = "<br>".join(f"`{line}`" for line in lines)
             rows.append(f"| {name} | {result['rc']} | {result['seconds']:.0f} | "
                         f"{'yes' if result['traceback'] else 'no'} | {said} |")
             print(rows[-1], flush=True)
