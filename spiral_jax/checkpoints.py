@@ -242,7 +242,9 @@ def _one_line(error: BaseException) -> str:
     """The first line of an error's message, at most about 200 characters: its start and
     its end (where tensorstore puts the cause, e.g. "No space left on device")."""
     text = str(error).strip().splitlines()
-    line = text[0].split(" See full TensorStore details")[0] if text else type(error).__name__
+    line = text[0].split(" See full TensorStore details")[0] if text else ""
+    if len(line) < 40:  # e.g. a KeyError's bare key: say what kind of error it is
+        line = f"{type(error).__name__}: {line}" if line else type(error).__name__
     return line if len(line) <= 200 else f"{line[:90]} ... {line[-105:]}"
 
 

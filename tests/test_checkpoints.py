@@ -71,8 +71,8 @@ def test_a_checkpoint_from_before_the_average_restores_without_one(dataset, tmp_
         checkpoints.restore_state(mngr, 3, like)
 
 
-def _largest_file(folder):
-    return max((p for p in folder.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+def _largest_file(folder, pattern="*"):
+    return max((p for p in folder.rglob(pattern) if p.is_file()), key=lambda p: p.stat().st_size)
 
 
 def _truncate(path):
@@ -98,37 +98,40 @@ def _run_with_checkpoints(exp, workdir, steps):
     return states
 
 
-@pytest.mark.parametrize("damage", [_truncate, _overwrite])
-def test_a_damaged_newest_checkpoint_is_moved_aside_and_the_previous_one_used(
-        dataset, tmp_path, capsys, damage):
+def test_damaged_newest_checkpoints_are_moved_aside_and_the_previous_one_used(
+        dataset, tmp_path, capsys):
     exp = _experiment(dataset, 0.9)
-    states = _run_with_checkpoints(exp, tmp_path, [2, 4])
-    damage(_largest_file(tmp_path / "checkpoints" / "4"))
-    mngr = checkpoints.manager(tmp_path, keep=5)
-    restored = checkpoints.restore_latest(mngr, exp.init_state(jax.random.PRNGKey(0)), tmp_path)
-    _assert_same(states[2], restored)
-    lines = [line for line in capsys.readouterr().out.splitlines() if "checkpoint" in line]
-    assert len(lines) == 1 and "moved to" in lines[0] and "trying the previous one" in lines[0]
-    # Moved aside, not deleted; the manager no longer lists it.
-    assert (tmp_path / "corrupt_checkpoints" / "4").is_dir()
-    assert mngr.all_steps() == [2]
-    mngr.close()
-
-
-def test_checksums_catch_what_a_restore_cannot(dataset, tmp_path):
-    """Bytes changed in a way that still decodes: only the checksums can tell."""
-    exp = _experiment(dataset, 0.0)
-    states = _run_with_checkpoints(exp, tmp_path, [1])
-    mngr = checkpoints.manager(tmp_path, keep=5)
+    states = _run_with_checkpoints(exp, tmp_path, [2, 4, 6])
     like = exp.init_state(jax.random.PRNGKey(0))
-    state = checkpoints.restore_state(mngr, 1, like)
-    assert checkpoints.verify(mngr, 1, state) is None
-    tampered = state.replace(policy_params=jax.tree.map(lambda x: x.at[..., 0].add(1e-7)
-                                                        if x.ndim else x, state.policy_params))
-    problem = checkpoints.verify(mngr, 1, tampered)
-    assert problem is not None and "does not match its checksums" in problem
-    _assert_same(states[1], state)
-    mngr.close()
+    # Truncated: it cannot be read. Bytes of the arrays' data overwritten in place: it
+    # reads, but does not match its checksums (spiral_jax.checksums; test_checksums.py).
+    for damage, newest, previous in ((_truncate, 6, 4), (_overwrite, 4, 2)):
+        damage(_largest_file(tmp_path / "checkpoints" / str(newest), "ocdbt.process_0/d/*"))
+        mngr = checkpoints.manager(tmp_path, keep=5)
+        restored = checkpoints.restore_latest(mngr, like, tmp_path)
+        _assert_same(states[previous], restored)
+        lines = [line for line in capsys.readouterr().out.splitlines() if "checkpoint" in line]
+        assert len(lines) == 1 and f"checkpoints/{newest} " in lines[0]
+        assert "moved to" in lines[0] and "trying the previous one" in lines[0]
+        # Overwritten data still decodes; what it decodes to is caught by the checks of
+        # what was restored: NaNs, or else the checksums.
+        expected = (("cannot be read",) if damage is _truncate
+                    else ("does not match its checksums", "holds non-finite values"))
+        assert any(e in lines[0] for e in expected), lines[0]
+        # Moved aside, not deleted; the manager no longer lists it.
+        assert (tmp_path / "corrupt_checkpoints" / str(newest)).is_dir()
+        assert newest not in mngr.all_steps()
+        # One value moved by one ulp: only the checksums can tell.
+        assert checkpoints.verify(mngr, previous, restored) is None
+        w = restored.policy_params["params"]["baseline"]["kernel"]
+        tampered = restored.replace(policy_params={"params": {
+            **restored.policy_params["params"],
+            "baseline": {**restored.policy_params["params"]["baseline"],
+                         "kernel": w.at[0, 0].set(np.nextafter(w[0, 0], np.inf))}}})
+        problem = checkpoints.verify(mngr, previous, tampered)
+        assert problem == ("does not match its checksums "
+                           "(policy_params/params/baseline/kernel)")
+        mngr.close()
 
 
 def test_non_finite_states_are_never_saved(dataset, tmp_path):

@@ -209,6 +209,7 @@ def test_non_finite_updates_are_skipped_and_counted(dataset, monkeypatch):
     assert int(state.policy_opt_state.total_notfinite) == total
 
 
+@pytest.mark.slow  # compiles the patched step again (cached when run after the test above)
 def test_non_finite_updates_in_a_row_stop_the_run_keeping_good_checkpoints(
         tmp_path, monkeypatch):
     _nan_rewards_on_some_steps(monkeypatch)
