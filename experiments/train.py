@@ -11,6 +11,7 @@ codes: 0 finished, 75 stopped early (resumable), 2 bad input, 1 failure
 (`spiral_jax/stops.py`).
 """
 
+import asyncio
 import os
 import pathlib
 import re
@@ -50,7 +51,8 @@ def main(argv):
     config = _CONFIG.value
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     logging.get_absl_handler().addFilter(_quiet_background_saves)
-    sys.excepthook = _quiet_closed_loop(sys.excepthook)
+    asyncio.BaseEventLoop.call_soon_threadsafe = _quiet_closed_loop(
+        asyncio.BaseEventLoop.call_soon_threadsafe)
     if _MULTIHOST.value or config.multihost:
         _initialize_distributed()
     name = pathlib.Path(config_flags.get_config_filename(flags.FLAGS["config"])).stem
@@ -60,14 +62,15 @@ def main(argv):
                                           allow_config_change=_ALLOW_CHANGE.value)
     except (ConfigError, FileNotFoundError) as e:  # before anything compiled
         _exit(e, stops.EXIT_BAD_INPUT)
-    except stops.LostProcess as e:
-        # Exit now: JAX's shutdown would wait for the lost process's heartbeat, then abort.
+    except TrainingFailure as e:  # the last good checkpoint is kept
+        # Exit now, past the interpreter's shutdown: after a lost process JAX's would wait
+        # for its heartbeat, then abort; after a failed save tensorstore's pending writes
+        # would print tracebacks into orbax's closed event loop. Everything of the run is
+        # already closed and flushed.
         sys.stderr.write(f"error: {e}\n")
         sys.stderr.flush()
         sys.stdout.flush()
         os._exit(stops.EXIT_FAILURE)
-    except TrainingFailure as e:  # the last good checkpoint is kept
-        _exit(e, stops.EXIT_FAILURE)
     sys.exit(result.exit_code)
 
 
@@ -78,14 +81,15 @@ def _quiet_background_saves(record) -> bool:
     return not (record.name == "asyncio" or "/orbax/" in record.pathname)
 
 
-def _quiet_closed_loop(hook):
-    """After a failed background save, tensorstore's pending writes call back into
-    orbax's closed event loop; each prints a traceback through sys.excepthook. Those
-    are dropped; every other exception is printed as usual."""
-    def excepthook(kind, value, traceback):
-        if not (kind is RuntimeError and str(value) == "Event loop is closed"):
-            hook(kind, value, traceback)
-    return excepthook
+def _quiet_closed_loop(call_soon_threadsafe):
+    """After a failed background save, tensorstore's pending writes still call back into
+    orbax's event loop, closed by then, and each call prints a traceback (one per
+    array). Those callbacks have nothing left to do: on a closed loop they are dropped."""
+    def call(loop, *args, **kwargs):
+        if loop.is_closed():
+            return None
+        return call_soon_threadsafe(loop, *args, **kwargs)
+    return call
 
 
 def _initialize_distributed():
