@@ -30,8 +30,11 @@ six brush sizes) has 1,613,329 parameters::
   Core         LSTM(h): gates i, j, f, o from one matrix over concat(x, h_prev);
                forget-gate bias +1; zero state at episode starts (step_type FIRST)
   Heads        autoregressive, in the order flag, end, control, size, pressure, red,
-               green, blue (parts absent from the action spec are skipped); z = LSTM out
-    location   (end, control; each its own decoder): reshape z to 4 x 4 x (h / 16)
+               green, blue (parts absent from the action spec are skipped; a scene
+               action: operation, position, shape, size, red, green, blue, see
+               `spiral_jax.action_space`); z = LSTM out
+    location   (end, control, a scene's position; each its own decoder): reshape z
+               to 4 x 4 x (h / 16)
                -> 3x3 conv c -> r res blocks -> ReLU
                -> log2(G / 4) transposed convs 4x4, c, stride 2, ReLU
                   (4 -> 8 -> 16 -> 32 for G = 32; 2 stages for G = 16, 1 for G = 8)
@@ -71,17 +74,17 @@ from flax import struct
 
 from spiral_jax import layers
 from spiral_jax.action_space import (
-    HEAD_ORDER,
+    LOCATION_PARTS,
     ActionSpec,
     action_features,
-    action_masks,
     canonical_action_spec,
     grid_width_of,
+    head_order,
     masked_entropies,
     masked_log_probs,
+    masks_of,
     zero_action,
 )
-from spiral_jax.envs.libmypaint import LOCATION_ACTIONS
 from spiral_jax.layers import LSTMState, dense, log2_stages
 from spiral_jax.types import FIRST, Array, check_compute_dtype, is_int
 
@@ -162,7 +165,7 @@ class UnrollOutput(struct.PyTreeNode):
     entropy: Array  # sum over parts of `entropies`
     baseline: Array
     logits: dict[str, Array]
-    masks: dict[str, Array]  # mask of a_t, from a_t's flag
+    masks: dict[str, Array]  # mask of a_t, from a_t's flag (scenes: its operation)
     final_state: AgentState  # state after the last step, [B, ...]
 
 
@@ -254,12 +257,12 @@ class AutoregressiveHeads(nn.Module):
         spec = dict(self.action_spec)
         grid = grid_width_of(self.action_spec)
         stages = log2_stages(grid, 4, "grid_width")
-        order = [k for k in HEAD_ORDER if k in spec]
+        order = head_order(spec)
         keys = jax.random.split(key, len(order)) if actions is None else None
         n = z.shape[0]
         logits, taken = {}, {}
         for i, k in enumerate(order):
-            if k in LOCATION_ACTIONS:
+            if k in LOCATION_PARTS:
                 zz = z.reshape(n, 4, 4, cfg.lstm_size // 16)
                 decoder = layers.ConvDecoder(
                     cfg.channels, cfg.num_res_blocks, stages, 1, name=f"{k}_decoder"
@@ -414,7 +417,7 @@ class SpiralAgent(nn.Module):
         logits, _ = self._heads(z, actions={k: flat(actions[k]) for k in names})
         logits = {k: v.reshape(t, b, -1) for k, v in logits.items()}
         baseline = self.baseline_head(out)[..., 0].astype(jnp.float32)
-        masks = action_masks(actions["flag"], names)
+        masks = masks_of(actions, self.action_spec)
         log_probs = masked_log_probs(logits, actions, masks)
         entropies = masked_entropies(logits, masks)
         return UnrollOutput(

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from spiral_jax.datasets import ImageDataset
-from spiral_jax.envs.libmypaint import play
+from spiral_jax.environments import final_canvas
 from spiral_jax.metrics import as_images
 
 # The blurred-target references' Gaussian widths, in pixels of a 28x28 digit (scaled to
@@ -52,7 +52,8 @@ def make_random_policy(env: Any, num_episodes: int) -> Any:
     of uniform random actions through ``env`` (jitted once; call it with fresh keys).
 
     Each of the ``episode_length - 1`` steps draws every action part uniformly (so about
-    half the steps paint and half move), as a policy whose logits are all equal would.
+    half the steps paint and half move; in a scene a third each add, skip and modify),
+    as a policy whose logits are all equal would.
     A freshly initialised agent is *not* this: its logits are not flat. Canvases are
     the observed ones, 8-bit quantised as the agent sees them.
     """
@@ -63,7 +64,7 @@ def make_random_policy(env: Any, num_episodes: int) -> Any:
 
     def episode(k):
         k_reset, k_act = jax.random.split(k)
-        return play(env, k_reset, random_actions(spec, k_act, steps))[-1]
+        return final_canvas(env, k_reset, random_actions(spec, k_act, steps))
 
     batched = jax.vmap(episode)
     return jax.jit(lambda key: batched(jax.random.split(key, num_episodes)))

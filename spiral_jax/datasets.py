@@ -251,8 +251,8 @@ def load(
 def num_examples(name: str, split: str = "train", *,
                  data_dir: str | os.PathLike[str] | None = None,
                  max_examples: int | None = None, **kwargs: Any) -> int:
-    """How many rows `load` would return (without preprocessing any image for mnist5k
-    and TFDS datasets; the others are loaded). `kwargs`: `load`'s other arguments."""
+    """How many rows `load` would return (without preprocessing any image for mnist5k,
+    scenes and TFDS datasets; a folder is loaded). `kwargs`: `load`'s other arguments."""
     if name == "mnist5k":
         train, test = mnist5k_split_indices()
         n = len(train if split == "train" else test)
@@ -261,6 +261,10 @@ def num_examples(name: str, split: str = "train", *,
         data_dir = tfds_source.resolve_data_dir(data_dir)
         version = tfds_source.find_prepared(spec.tfds_name, split, data_dir).name
         n = len(tfds_source.data_source(spec, split, data_dir, version))
+    elif name == "scenes":  # counted, not rendered
+        from spiral_jax import scene_data
+
+        n = len(scene_data.split_indices(split))
     else:
         return len(load(name, split, data_dir=data_dir, max_examples=max_examples, **kwargs))
     return n if max_examples is None else min(n, max_examples)

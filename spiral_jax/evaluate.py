@@ -20,7 +20,8 @@ learner's own parameters are painted beside it (`agent_online` sampling its acti
 `agent_online_greedy` greedy), with the same key:
 
 * conditional: mean squared error to the target, as a fraction of a blank canvas's
-  (`relative_mse`), for the agent and, measured in the same run, a blank canvas, a
+  (`relative_mse`; for a scenes run, of the empty floor's, the `blank_canvas` row), for
+  the agent and, measured in the same run, a blank canvas, a
   random policy and reference images (`spiral_jax.baselines`: the mean training digit,
   the mean training digit of the target's class, the nearest training digit, the
   target blurred); for digit datasets, also the fraction of paintings that the digit
@@ -45,7 +46,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from spiral_jax import baselines, digit_classifier, experiment, pictures
+from spiral_jax import action_space, baselines, digit_classifier, environments, experiment, pictures
 from spiral_jax import checkpoints as checkpoints_lib
 from spiral_jax import datasets as data_lib
 from spiral_jax import metrics as metrics_lib
@@ -191,7 +192,8 @@ def paint(exp: Experiment, params: Any, key: jax.Array, num_episodes: int, batch
         traj = sampler(params, jax.random.fold_in(key, i), chunk_targets)
         n = stop - start
         finals.append(np.asarray(traj.final_canvas)[:n])
-        strokes.append(np.asarray(jnp.sum(traj.action["flag"] == 1, axis=0))[:n])
+        draws = action_space.changes_picture(traj.action, exp.agent.action_spec)
+        strokes.append(np.asarray(jnp.sum(draws, axis=0))[:n])
         if i == 0 and keep_trajectory:
             k = min(keep_trajectory, n)
             obs = np.asarray(traj.observation["canvas"][:, :k])
@@ -221,7 +223,9 @@ def paint_all(run: Run, heldout: HeldOut, k_agent: jax.Array, k_random: jax.Arra
                                    keep_trajectory=gif_episodes)
     greedy, greedy_strokes, _ = paint(run.exp, state.eval_params, k_agent, n, batch,
                                       targets, greedy=True)
-    painters = {"agent": agent, "agent_greedy": greedy, "blank_canvas": np.ones_like(agent),
+    blank = np.broadcast_to(environments.blank_canvas(run.exp.env), agent.shape)
+    painters = {"agent": agent, "agent_greedy": greedy,
+                "blank_canvas": blank.astype(agent.dtype),
                 "random_policy": baselines.paint_random(run.exp.env, k_random, n, batch)}
     agent_rows = ["agent", "agent_greedy"]
     if state.policy_ema is not None:
@@ -237,22 +241,27 @@ def paint_all(run: Run, heldout: HeldOut, k_agent: jax.Array, k_random: jax.Arra
 # Metrics.
 
 
-def _ink(canvases: np.ndarray) -> float:
-    return float(np.mean(1.0 - canvases))
+def _ink(canvases: np.ndarray, blank: float | np.ndarray = 1.0) -> float:
+    """How far canvases are from the blank one: mean 1 - canvas on white; on a scene's
+    floor, where objects may be lighter or darker, the mean absolute difference."""
+    if isinstance(blank, float):
+        return float(np.mean(blank - canvases))
+    return float(np.mean(np.abs(canvases - blank)))
 
 
 def conditional_metrics(canvases: dict[str, np.ndarray], targets: np.ndarray,
                         labels: np.ndarray | None,
-                        classifier: digit_classifier.DigitClassifier | None
-                        ) -> dict[str, dict]:
-    """Per painter: relative and absolute MSE to targets, ink, and (digits) the fraction
-    the classifier reads as the target's class."""
+                        classifier: digit_classifier.DigitClassifier | None,
+                        blank: float | np.ndarray = 1.0) -> dict[str, dict]:
+    """Per painter: relative (to `blank`, the environment's empty canvas) and absolute
+    MSE to targets, ink, and (digits) the fraction the classifier reads as the target's
+    class."""
     out = {}
     for name, c in canvases.items():
         row = {
-            "relative_mse": metrics_lib.relative_mse(c, targets),
+            "relative_mse": metrics_lib.relative_mse(c, targets, blank),
             "mse": float(np.mean(metrics_lib.mse_per_image(c, targets))),
-            "ink": _ink(c),
+            "ink": _ink(c, blank),
         }
         if classifier is not None and labels is not None:
             row["recognised_as_target"] = float(np.mean(classifier.predict(c) == labels))
@@ -303,7 +312,7 @@ def measure(run: Run, heldout: HeldOut, painted: Paintings,
     if config.conditional:
         references = baselines.references(train, heldout.real, heldout.labels)
         rows = conditional_metrics({**painters, **references}, heldout.real, heldout.labels,
-                                   heldout.classifier)
+                                   heldout.classifier, environments.blank_canvas(env))
     else:
         # As many training digits as samples: the distance that N real digits reach.
         references = baselines.real_train_images(train, k_train, heldout.num_episodes)

@@ -4,6 +4,8 @@ A config (`experiments/configs/`) is an `ml_collections.ConfigDict` whose sectio
 straight into constructors, one to one:
 
     LibMyPaint(**config.env)                    spiral_jax/envs/libmypaint.py
+      or, with environment="scenes",
+    Scenes(**config.scene_env)                  spiral_jax/envs/scenes.py
     AgentConfig(**config.agent, ...)            spiral_jax/agent.py
     DiscriminatorConfig(**config.disc, ...)     spiral_jax/discriminator.py
     LearnerConfig(**config.learner)             spiral_jax/policy_learner.py
@@ -11,7 +13,8 @@ straight into constructors, one to one:
     RewardConfig(**config.reward)               spiral_jax/rewards.py
 
 (`...`: the top-level `conditional` and `compute_dtype`, which several parts share).
-The other top-level fields (batch, data, loop) are read by `build` and `train`.
+The other top-level fields (environment, batch, data, loop) are read by `build` and
+`train`; `spiral_jax.environments` says which environment section counts.
 `section_defaults` turns a constructor's defaults into a config section, so every
 field a constructor takes can be set from the command line.
 """
@@ -32,10 +35,9 @@ from jax.sharding import PartitionSpec as P
 
 from spiral_jax import agent as agent_lib
 from spiral_jax import datasets as data_lib
-from spiral_jax import device_data, disc_learner, policy_learner, rollout
+from spiral_jax import device_data, disc_learner, environments, policy_learner, rollout
 from spiral_jax import discriminator as disc_lib
 from spiral_jax import replay as replay_lib
-from spiral_jax.envs.libmypaint import LibMyPaint
 from spiral_jax.rewards import RewardConfig, check_pools
 from spiral_jax.sharding import AXIS, make_mesh
 from spiral_jax.types import Array, check_compute_dtype, is_int
@@ -96,9 +98,15 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
     (each section's constructor checks its own fields)."""
     try:
         check_compute_dtype(config.compute_dtype)
-        check_pools(tuple(config.reward.l2_pools), config.env.canvas_width)
+        env_section = environments.section_of(config)
+        check_pools(tuple(config.reward.l2_pools), config[env_section].canvas_width)
     except ValueError as e:
         raise ConfigError(str(e)) from e
+    if env_section == "scene_env":
+        for name in ("stroke_penalty", "empty_penalty"):
+            if config.reward[name]:
+                raise ConfigError(f"reward.{name}={config.reward[name]!r} is for "
+                                  f"libmypaint's strokes: set it to 0 for scenes")
     if config.batch_size < 1 or config.batch_size % num_devices:
         raise ConfigError(
             f"batch_size={config.batch_size} must be a positive multiple of the number of "
@@ -121,7 +129,7 @@ class Experiment:
     """The static parts of a run: config, environment, networks, learners, data, mesh."""
 
     config: ml_collections.ConfigDict
-    env: LibMyPaint
+    env: environments.Env  # LibMyPaint or Scenes
     agent: agent_lib.SpiralAgent
     disc: disc_lib.Discriminator
     learner: policy_learner.LearnerConfig
@@ -236,7 +244,8 @@ def _build(config: ml_collections.ConfigDict, mesh: Mesh,
            dataset: data_lib.ImageDataset | None) -> Experiment:
     validate_config(config, int(mesh.devices.size))
     shared = dict(conditional=config.conditional, dtype=config.compute_dtype)
-    env = construct(LibMyPaint, config, "env")
+    env = construct(environments.constructor_of(config), config,
+                    environments.section_of(config))
     agent = agent_lib.make_agent(
         env.action_spec(), construct(agent_lib.AgentConfig, config, "agent", **shared)
     )

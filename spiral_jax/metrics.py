@@ -175,15 +175,17 @@ def mse_per_image(canvases: Any, targets: Any) -> np.ndarray:
     return np.mean(np.square(c - t), axis=(1, 2, 3))
 
 
-def relative_mse(canvases: Any, targets: Any) -> float:
-    """Squared error to the targets as a fraction of a blank (white) canvas's:
+def relative_mse(canvases: Any, targets: Any, blank_canvas: Any = 1.0) -> float:
+    """Squared error to the targets as a fraction of a blank canvas's:
 
-        sum_i |canvas_i - target_i|^2 / sum_i |1 - target_i|^2
+        sum_i |canvas_i - target_i|^2 / sum_i |blank - target_i|^2
 
     (a ratio of means over the whole set, so nearly empty targets do not dominate).
+    `blank_canvas`: white (1.0) for paintings; a scene's empty floor [H, W, C].
     """
     t = as_images("targets", targets)
-    blank = float(np.mean(mse_per_image(np.ones_like(t), t)))
+    blank = float(np.mean(mse_per_image(np.broadcast_to(
+        np.asarray(blank_canvas, t.dtype), t.shape), t)))
     if blank == 0.0:
         raise ValueError("every target is blank: the blank canvas's error is 0")
     return float(np.mean(mse_per_image(canvases, t))) / blank

@@ -31,7 +31,7 @@ import numpy as np
 
 from spiral_jax import checkpoints as checkpoints_lib
 from spiral_jax import datasets as data_lib
-from spiral_jax import evaluate, image_files, pictures, pretrained, program_svg
+from spiral_jax import environments, evaluate, image_files, pictures, pretrained, program_svg
 from spiral_jax import program as program_lib
 from spiral_jax.types import is_int
 
@@ -88,6 +88,9 @@ def prepare(workdir: pathlib.Path, target: str | None, num: int
     if not is_int(num) or num < 1:
         raise ValueError(f"--num={num!r} must be a positive integer")
     config = evaluate.load_config(workdir)
+    if environments.name_of(config) != "libmypaint":
+        raise ValueError(f"{workdir} is a {environments.name_of(config)} run: experiments.paint "
+                         "writes libmypaint programs; experiments.evaluate paints scenes")
     if config.conditional and target is None:
         raise ValueError("this agent is conditional: give the image to paint, --target=IMAGE")
     if not config.conditional and target is not None:

@@ -1,4 +1,4 @@
-"""On-device rollouts of SPIRAL's agent in a functional painting environment.
+"""On-device rollouts of SPIRAL's agent in a functional environment (LibMyPaint, Scenes).
 
 One jitted function rolls B environments and the agent forward together: `vmap`
 over episodes for the environment, `lax.scan` over time, the agent applied to the
@@ -65,7 +65,7 @@ class Trajectory(struct.PyTreeNode):
     noise: Array  # [T, B, noise_dim]
     action: dict[str, Array]  # a_t, int32
     behaviour_logits: dict[str, Array]  # [T, B, num_choices]
-    action_mask: dict[str, Array]  # which parts of a_t count (from a_t's flag)
+    action_mask: dict[str, Array]  # which parts of a_t count (from a_t's flag or operation)
     behaviour_log_prob: Array  # sum over parts of the masked log pi(a_t | ...)
     baseline: Array  # v(o_t)
     discount: Array  # of the transition t -> t+1 (0 into LAST and out of LAST)
@@ -208,7 +208,7 @@ def rollout(
             method=SpiralAgent.step,
         )
         env_state, next_ts = jax.vmap(env.step)(carry.env_state, out.action)
-        masks = agent_lib.action_masks(out.action["flag"], agent.action_spec)
+        masks = agent_lib.masks_of(out.action, agent.action_spec)
         log_prob = sum(agent_lib.masked_log_probs(out.logits, out.action, masks).values())
         # The environment ignores an action taken at LAST and restarts: no transition.
         discount = next_ts.discount * (ts.step_type != LAST)

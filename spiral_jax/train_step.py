@@ -23,7 +23,15 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import PartitionSpec as P
 
-from spiral_jax import disc_learner, gan_losses, nonfinite, policy_learner, rewards
+from spiral_jax import (
+    action_space,
+    disc_learner,
+    environments,
+    gan_losses,
+    nonfinite,
+    policy_learner,
+    rewards,
+)
 from spiral_jax import discriminator as disc_lib
 from spiral_jax import replay as replay_lib
 from spiral_jax.experiment import Experiment, TrainState
@@ -41,6 +49,7 @@ def make_train_step(exp: Experiment) -> Callable[[TrainState, Array], tuple[Trai
     policy_opt = policy_learner.make_optimizer(exp.learner)
     disc_opt = disc_learner.make_optimizer(exp.disc_learner)
     batch = exp.batch_size
+    blank = environments.blank_canvas(env)  # 1.0 (white) or a scene's empty floor
 
     def local_step(state: TrainState, images: Array, key: Array) -> tuple[TrainState, Metrics]:
         k_roll, k_target, k_disc = jax.random.split(jax.random.fold_in(key, 0), 3)
@@ -92,7 +101,7 @@ def make_train_step(exp: Experiment) -> Callable[[TrainState, Array], tuple[Trai
             )
             metrics.update(disc_metrics)
 
-        metrics.update(_episode_metrics(traj, reward, targets))
+        metrics.update(_episode_metrics(traj, reward, targets, agent.action_spec, blank))
         metrics = _global_mean(metrics)
         metrics.update(_skipped_updates(policy_opt_state, disc_state[2]))
         new_state = state.replace(
@@ -123,16 +132,24 @@ def make_train_step(exp: Experiment) -> Callable[[TrainState, Array], tuple[Trai
     return lambda state, key: jitted(state, exp.data.images, key)
 
 
-def _episode_metrics(traj, reward: Array, targets: Array | None) -> Metrics:
-    """This device's means of what the episodes earned and painted."""
+def _episode_metrics(traj, reward: Array, targets: Array | None,
+                     action_spec: action_space.ActionSpec, blank: float | Array) -> Metrics:
+    """This device's means of what the episodes earned and painted: `strokes` counts
+    the steps that draw (scenes: adds and modifies), `ink` how far the final canvas is
+    from the blank one (LibMyPaint: 1 - canvas; scenes: the absolute difference)."""
+    draws = action_space.changes_picture(traj.action, action_spec)
+    if isinstance(blank, float):
+        ink = jnp.mean(blank - traj.final_canvas)
+    else:
+        ink = jnp.mean(jnp.abs(traj.final_canvas - blank))
     metrics = {
         "episode_return": jnp.mean(jnp.sum(reward, axis=0)),
-        "strokes": jnp.mean(jnp.sum(traj.action["flag"] == 1, axis=0).astype(jnp.float32)),
-        "ink": jnp.mean(1.0 - traj.final_canvas),
+        "strokes": jnp.mean(jnp.sum(draws, axis=0).astype(jnp.float32)),
+        "ink": ink,
     }
     if targets is not None:
         metrics["l2_to_target"] = jnp.mean(jnp.square(traj.final_canvas - targets))
-        metrics["l2_blank"] = jnp.mean(jnp.square(1.0 - targets))
+        metrics["l2_blank"] = jnp.mean(jnp.square(blank - targets))
     return metrics
 
 
@@ -151,8 +168,8 @@ def _skipped_updates(policy_opt_state, disc_opt_state) -> Metrics:
 
 def _global_mean(metrics: Metrics) -> Metrics:
     """Means over the mesh; the conditional error also as a fraction of a blank
-    canvas's on the same targets (1 = no better than painting nothing), the number
-    `spiral_jax.evaluate` reports."""
+    canvas's (a scene's: the empty floor's) on the same targets (1 = no better than
+    painting nothing), the number `spiral_jax.evaluate` reports."""
     metrics = jax.lax.pmean(metrics, AXIS)
     if "l2_blank" in metrics:
         blank = metrics.pop("l2_blank")

@@ -12,16 +12,14 @@ import pytest
 
 from experiments import configs
 from experiments.configs import small
-from spiral_jax import experiment
+from spiral_jax import environments, experiment
 from spiral_jax.agent import AgentConfig
 from spiral_jax.disc_learner import DiscLearnerConfig
 from spiral_jax.discriminator import DiscriminatorConfig
-from spiral_jax.envs.libmypaint import LibMyPaint
 from spiral_jax.policy_learner import LearnerConfig
 from spiral_jax.rewards import RewardConfig
 
 SECTIONS = {
-    "env": LibMyPaint,
     "agent": AgentConfig,
     "disc": DiscriminatorConfig,
     "disc_learner": DiscLearnerConfig,
@@ -34,10 +32,15 @@ def _load(name: str) -> ml_collections.ConfigDict:
     return importlib.import_module(f"experiments.configs.{name}").get_config()
 
 
+def _sections(config) -> dict:
+    """Section name -> constructor: the environment's (`env` or `scene_env`) and the rest."""
+    return {environments.section_of(config): environments.constructor_of(config), **SECTIONS}
+
+
 def _construct_all(config):
     shared = dict(conditional=config.conditional, dtype=config.compute_dtype)
     out = {}
-    for section, constructor in SECTIONS.items():
+    for section, constructor in _sections(config).items():
         takes = inspect.signature(constructor).parameters
         out[section] = experiment.construct(
             constructor, config, section, **{k: v for k, v in shared.items() if k in takes}
@@ -53,7 +56,10 @@ def test_every_config_builds_its_parts_from_its_sections(name):
     assert docstring.splitlines()[0].startswith(f"python -m experiments.train --config={name}")
     assert len(docstring.strip().splitlines()) <= 12
     experiment.validate_config(config, num_devices=1)
-    for section, constructor in SECTIONS.items():
+    # The other environment's section is absent, not silently unused.
+    others = {section for section, _ in environments.ENVIRONMENTS.values()}
+    assert others & set(config) == {environments.section_of(config)}
+    for section, constructor in _sections(config).items():
         # Every keyword of the constructor can be set, and nothing else is there.
         takes = set(inspect.signature(constructor).parameters) - set(experiment.SHARED_FIELDS)
         assert set(config[section]) == takes, section
@@ -63,8 +69,10 @@ def test_every_config_builds_its_parts_from_its_sections(name):
     again = _construct_all(reloaded)
     for section in ("agent", "disc", "disc_learner", "reward", "learner"):
         assert again[section] == parts[section], section
-    assert again["env"].action_spec() == parts["env"].action_spec()
-    assert again["env"].brush_sizes == parts["env"].brush_sizes
+    env = environments.section_of(config)
+    assert again[env].action_spec() == parts[env].action_spec()
+    for field in ("canvas_width", "episode_length"):
+        assert getattr(again[env], field) == getattr(parts[env], field), field
 
 
 def test_unknown_names_and_fields_are_one_line_errors():

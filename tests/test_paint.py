@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from experiments.configs import small
+from experiments.configs import scenes_cpu, small
 from spiral_jax import (
     checkpoints,
     datasets,
@@ -153,13 +153,16 @@ def _config_only_run(root: pathlib.Path, conditional: bool) -> pathlib.Path:
 @pytest.mark.parametrize("case", ["both", "neither", "unknown agent", "missing agent",
                                   "no such dir", "not a checkpoint", "no checkpoints",
                                   "no target", "target for unconditional", "bad num",
-                                  "unreadable target", "missing target"])
+                                  "unreadable target", "missing target", "scenes run"])
 def test_bad_input_fails_in_one_line(target, tmp_path, case):
     (tmp_path / "bad.png").write_text("?")
     cond = _config_only_run(tmp_path / "cond", conditional=True)
     uncond = _config_only_run(tmp_path / "uncond", conditional=False)
     (tmp_path / "empty_run").mkdir()
     (tmp_path / "empty_run" / "config.json").write_text((cond / "config.json").read_text())
+    scenes_run = tmp_path / "scenes_run"
+    (scenes_run / "checkpoints" / str(STEP)).mkdir(parents=True)
+    (scenes_run / "config.json").write_text(scenes_cpu.get_config().to_json_best_effort())
     error, match, call = {
         "both": (ValueError, "exactly one of --agent",
                  lambda: paint.resolve_source("x", str(cond))),
@@ -184,6 +187,8 @@ def test_bad_input_fails_in_one_line(target, tmp_path, case):
                               lambda: paint.prepare(cond, str(tmp_path / "bad.png"), 1)),
         "missing target": (FileNotFoundError, r"image .*gone\.png does not exist",
                            lambda: paint.prepare(cond, str(tmp_path / "gone.png"), 1)),
+        "scenes run": (ValueError, r"scenes_run is a scenes run: experiments.paint writes "
+                       "libmypaint programs", lambda: paint.prepare(scenes_run, str(target), 1)),
     }[case]
     with pytest.raises(error, match=match) as err:
         call()

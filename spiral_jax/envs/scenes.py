@@ -169,6 +169,12 @@ class Scenes:
         """The unquantised canvas of a scene, float32 [W, W, 3]."""
         return render(scene, self.canvas_width, self.samples)
 
+    def blank_canvas(self) -> np.ndarray:
+        """The observed canvas of an empty scene (the floor alone, 8-bit), float32
+        [W, W, 3]: what "painting nothing" is here, as a white canvas is for LibMyPaint."""
+        with jax.ensure_compile_time_eval():
+            return np.asarray(jnp.round(jnp.asarray(self._blank) * 255.0) / 255.0)
+
     @property
     def _blank(self) -> np.ndarray:
         """The empty scene's canvas (the floor alone), computed once per setting."""
