@@ -4,13 +4,15 @@
 the input fails in `resolve_source` or `prepare`, in one line, before anything
 compiles:
 
-1. `resolve_source`: a pretrained agent's name (`spiral_jax.pretrained`) or a
-   checkpoint (a training run's workdir, its `checkpoints/` or `best_checkpoints/`
-   folder, or one `<step>/` in them) -> (workdir, step, folder);
+1. `resolve_source`: a pretrained agent's name (`spiral_jax.pretrained`; its folder
+   and the folder `pretrained.PARAMS`) or a checkpoint (a training run's workdir, its
+   `checkpoints/` or `best_checkpoints/` folder, or one `<step>/` in them, or a copied
+   pretrained agent's folder) -> (workdir, step, folder);
 2. `prepare`: the run's config, and for a conditional agent the target image, read and
    converted to the canvas convention (`spiral_jax.image_files`);
 3. `load`: the run restored as `spiral_jax.evaluate` restores it (without loading its
-   training images, which painting does not need);
+   training images, which painting does not need), or the pretrained agent's parameters
+   in its config's experiment;
 4. `paint`: episodes of the agent (greedy, or sampled), each kept with its program
    (`spiral_jax.program`);
 5. `write`: per episode `canvas.png` (the final canvas, pixel for pixel), `painting.gif`
@@ -31,7 +33,15 @@ import numpy as np
 
 from spiral_jax import checkpoints as checkpoints_lib
 from spiral_jax import datasets as data_lib
-from spiral_jax import environments, evaluate, image_files, pictures, pretrained, program_svg
+from spiral_jax import (
+    environments,
+    evaluate,
+    experiment,
+    image_files,
+    pictures,
+    pretrained,
+    program_svg,
+)
 from spiral_jax import program as program_lib
 from spiral_jax.types import is_int
 
@@ -54,11 +64,13 @@ def resolve_source(agent: str | None, checkpoint: str | None
         raise ValueError("give exactly one of --agent=NAME (a pretrained agent: "
                          f"{', '.join(pretrained.AGENTS)}) or --checkpoint=DIR")
     if agent is not None:
-        workdir, step, folder = pretrained.folder(agent), None, checkpoints_lib.CHECKPOINTS
+        return pretrained.folder(agent), None, pretrained.PARAMS
     else:
         path = pathlib.Path(checkpoint)
         if not path.exists():
             raise FileNotFoundError(f"--checkpoint={checkpoint} does not exist")
+        if pretrained.is_pretrained(path):  # a pretrained agent's folder, copied anywhere
+            return path, None, pretrained.PARAMS
         if (path / "config.json").is_file():  # a workdir
             workdir, step, folder = path, None, checkpoints_lib.CHECKPOINTS
         elif path.name in checkpoints_lib.FOLDERS and (path.parent / "config.json").is_file():
@@ -104,13 +116,22 @@ def prepare(workdir: pathlib.Path, target: str | None, num: int
 
 
 def load(workdir: pathlib.Path, step: int | None, folder: str) -> evaluate.Run:
-    """The run restored at `step` (latest when None), without its training images."""
+    """The run restored at `step` (latest when None), without its training images; for
+    a pretrained agent (`folder` is `pretrained.PARAMS`), its experiment with the
+    parameters it paints with (the rest of its state is freshly initialised and unused)."""
     config = evaluate.load_config(workdir)
     shape = canvas_shape(config)
     placeholder = data_lib.ImageDataset(  # one white image per device
         "placeholder", "train", np.full((jax.device_count(), *shape), 255, np.uint8),
         np.full(jax.device_count(), -1, np.int32), np.arange(jax.device_count()), None)
-    return evaluate.load_run(workdir, step, folder, dataset=placeholder)
+    if folder != pretrained.PARAMS:
+        return evaluate.load_run(workdir, step, folder, dataset=placeholder)
+    exp = experiment.build(config, dataset=placeholder)
+    like = exp.init_state(jax.random.PRNGKey(config.seed))
+    params = pretrained.load_params(workdir, like.policy_params)
+    state = like.replace(policy_params=params, policy_ema=None)
+    return evaluate.Run(workdir, config, exp, state, pretrained.read_info(workdir)["step"],
+                        folder)
 
 
 def paint(run: evaluate.Run, targets: np.ndarray | None, num: int, seed: int,

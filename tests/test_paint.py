@@ -197,14 +197,6 @@ def test_bad_input_fails_in_one_line(target, tmp_path, case):
         assert paint.resolve_source(None, str(cond)) == (cond, None, "checkpoints")
 
 
-def test_pretrained_names_resolve_to_their_folders(tmp_path):
-    (tmp_path / "mnist5k").mkdir()
-    (tmp_path / "mnist5k" / "config.json").write_text("{}")
-    assert pretrained.folder("mnist5k", tmp_path) == tmp_path / "mnist5k"
-    assert set(pretrained.AGENTS) >= {"mnist5k", "mnist5k_conditional"}
-    assert pretrained.PRETRAINED_DIR == REPO / "pretrained"
-
-
 def _run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "experiments.paint", *args],
                           env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True,
