@@ -37,6 +37,7 @@ import numpy as np
 from flax import struct
 
 from spiral_jax.envs import dry_brush
+from spiral_jax.envs.base import DiscreteActionEnv, TimeStep  # noqa: F401  (TimeStep: public here)
 from spiral_jax.types import FIRST, LAST, MID  # noqa: F401  (the env's time steps)
 
 ACTION_NAMES = ("control", "end", "flag", "pressure", "size", "red", "green", "blue")
@@ -46,25 +47,6 @@ PRESSURE_VALUES = np.linspace(0.1, 1.0, 10)
 COLOR_VALUES = np.linspace(0.0, 1.0, 20)
 # Parts that count on a move step; on a paint step all parts count.
 MOVE_PARTS = ("end", "flag")
-
-
-@struct.dataclass
-class TimeStep:
-    """dm_env-style time step. `step_type`: 0 FIRST, 1 MID, 2 LAST."""
-
-    step_type: jax.Array
-    reward: jax.Array
-    discount: jax.Array
-    observation: dict[str, Any]
-
-    def first(self) -> jax.Array:
-        return self.step_type == FIRST
-
-    def mid(self) -> jax.Array:
-        return self.step_type == MID
-
-    def last(self) -> jax.Array:
-        return self.step_type == LAST
 
 
 @struct.dataclass
@@ -93,7 +75,7 @@ def _positive_int(name: str, value: Any) -> int:
     return int(value)
 
 
-class LibMyPaint:
+class LibMyPaint(DiscreteActionEnv):
     """SPIRAL's libmypaint environment with the `classic/dry_brush` brush, in JAX.
 
     Args:
@@ -171,14 +153,6 @@ class LibMyPaint:
 
     # -- specs -----------------------------------------------------------------------
 
-    def action_spec(self) -> OrderedDict[str, int]:
-        """Action part name -> number of choices, in SPIRAL's order."""
-        return OrderedDict(self._action_spec)
-
-    @property
-    def observation_shape(self) -> tuple[int, int, int]:
-        return (self.canvas_width, self.canvas_width, self.channels)
-
     def action_mask(self, flag: jax.Array) -> dict[str, jax.Array]:
         """Which parts count after an action with this flag (1 paint, 0 move)."""
         paint = jnp.asarray(flag) == 1
@@ -187,30 +161,7 @@ class LibMyPaint:
             for k in self._action_spec
         }
 
-    def validate_action(self, action: Mapping[str, Any]) -> None:
-        """Raises ValueError for missing, unknown or out-of-range parts (eager only)."""
-        unknown = sorted(set(action) - set(self._action_spec))
-        if unknown:
-            raise ValueError(f"unknown action parts {unknown}; allowed: {list(self._action_spec)}")
-        missing = [k for k in self._action_spec if k not in action]
-        if missing:
-            raise ValueError(f"action is missing parts {missing}")
-        for k, n in self._action_spec.items():
-            v = np.asarray(action[k])
-            if not np.issubdtype(v.dtype, np.integer):
-                raise ValueError(f"action[{k!r}] must be an integer, got {v.dtype} {v!r}")
-            if np.any(v < 0) or np.any(v >= n):
-                raise ValueError(f"action[{k!r}] = {v.tolist()} is out of range [0, {n - 1}]")
-
     # -- dynamics --------------------------------------------------------------------
-
-    def _observation(self, state: EnvState, mask_flag: jax.Array) -> dict[str, Any]:
-        canvas = jnp.round(state.canvas * 255.0) / 255.0  # SPIRAL reads 8-bit canvases
-        return {
-            "canvas": canvas,
-            "episode_step": state.episode_step,
-            "action_mask": self.action_mask(mask_flag),
-        }
 
     def reset(self, key: jax.Array) -> tuple[EnvState, TimeStep]:
         """A white canvas, the pen up at (0, 0), the smallest brush, black, no pressure."""
@@ -240,10 +191,6 @@ class LibMyPaint:
         gy, gx = jnp.divmod(index, self.grid_width)
         scale = self.canvas_width / self.grid_width
         return jnp.stack([gx, gy]).astype(jnp.float32) * scale
-
-    def _part(self, action: Mapping[str, Any], name: str) -> jax.Array:
-        n = self._action_spec[name]
-        return jnp.clip(jnp.asarray(action[name], jnp.int32), 0, n - 1)
 
     def decode_action(self, action: Mapping[str, Any]) -> dict[str, jax.Array]:
         """What an action's ids mean on the canvas, exactly as `step` reads them (ids

@@ -43,7 +43,7 @@ import numpy as np
 from flax import struct
 
 from spiral_jax.envs import scene_description as sd
-from spiral_jax.envs.libmypaint import TimeStep
+from spiral_jax.envs.base import DiscreteActionEnv, TimeStep, observe
 from spiral_jax.envs.scene_description import Scene
 from spiral_jax.envs.scene_render import render, render_jit
 from spiral_jax.types import FIRST, LAST, MID, is_int
@@ -88,7 +88,7 @@ def _positive_int(name: str, value: Any) -> int:
     return int(value)
 
 
-class Scenes:
+class Scenes(DiscreteActionEnv):
     """Primitives on a floor, rendered by the pure-JAX ray caster.
 
     Args:
@@ -127,14 +127,6 @@ class Scenes:
 
     # -- specs -----------------------------------------------------------------------
 
-    def action_spec(self) -> OrderedDict[str, int]:
-        """Action part name -> number of choices, in ACTION_NAMES order."""
-        return OrderedDict(self._action_spec)
-
-    @property
-    def observation_shape(self) -> tuple[int, int, int]:
-        return (self.canvas_width, self.canvas_width, self.channels)
-
     @property
     def grid_width(self) -> int:
         """Side of the position grid (`position` has grid_width^2 choices)."""
@@ -148,21 +140,6 @@ class Scenes:
             for k in self._action_spec
         }
 
-    def validate_action(self, action: Mapping[str, Any]) -> None:
-        """Raises ValueError for missing, unknown or out-of-range parts (eager only)."""
-        unknown = sorted(set(action) - set(self._action_spec))
-        if unknown:
-            raise ValueError(f"unknown action parts {unknown}; allowed: {list(self._action_spec)}")
-        missing = [k for k in self._action_spec if k not in action]
-        if missing:
-            raise ValueError(f"action is missing parts {missing}")
-        for k, n in self._action_spec.items():
-            v = np.asarray(action[k])
-            if not np.issubdtype(v.dtype, np.integer):
-                raise ValueError(f"action[{k!r}] must be an integer, got {v.dtype} {v!r}")
-            if np.any(v < 0) or np.any(v >= n):
-                raise ValueError(f"action[{k!r}] = {v.tolist()} is out of range [0, {n - 1}]")
-
     # -- dynamics --------------------------------------------------------------------
 
     def render(self, scene: Scene) -> jax.Array:
@@ -173,20 +150,12 @@ class Scenes:
         """The observed canvas of an empty scene (the floor alone, 8-bit), float32
         [W, W, 3]: what "painting nothing" is here, as a white canvas is for LibMyPaint."""
         with jax.ensure_compile_time_eval():
-            return np.asarray(jnp.round(jnp.asarray(self._blank) * 255.0) / 255.0)
+            return np.asarray(observe(jnp.asarray(self._blank)))
 
     @property
     def _blank(self) -> np.ndarray:
         """The empty scene's canvas (the floor alone), computed once per setting."""
         return _blank_canvas(self.max_objects, self.canvas_width, self.samples)
-
-    def _observation(self, state: SceneState, mask_operation: jax.Array) -> dict[str, Any]:
-        canvas = jnp.round(state.canvas * 255.0) / 255.0  # 8-bit, as LibMyPaint's canvas
-        return {
-            "canvas": canvas,
-            "episode_step": state.episode_step,
-            "action_mask": self.action_mask(mask_operation),
-        }
 
     def _empty_state(self, key: jax.Array) -> SceneState:
         return SceneState(
@@ -208,10 +177,6 @@ class Scenes:
             observation=self._observation(state, jnp.asarray(SKIP, jnp.int32)),
         )
         return state, ts
-
-    def _part(self, action: Mapping[str, Any], name: str) -> jax.Array:
-        n = self._action_spec[name]
-        return jnp.clip(jnp.asarray(action[name], jnp.int32), 0, n - 1)
 
     def _edit(self, state: SceneState, action: Mapping[str, Any]) -> tuple[Scene, jax.Array]:
         """The scene and object count after the action (without rendering)."""
