@@ -7,7 +7,8 @@ r"""Measures how close program.svg, rendered by resvg, is to the canvas it descr
 
 Episodes come from uniform random actions in a config's environment (`--config`,
 `--jitter` to override its brush's jitter), or from an agent (`--agent` or
-`--checkpoint`, painted as `experiments.paint` paints: greedy unless `--nogreedy`;
+`--checkpoint`, painted as `experiments.paint` paints: greedy if conditional, sampled
+if not, unless `--greedy` or `--nogreedy` says;
 a conditional agent is shown the run's held-out images). Each episode's program is
 drawn as SVG (`spiral_jax.program_svg`), rendered by resvg and compared with the canvas:
 mean absolute error of pixels and IoU of inked pixels (`program_svg.compare`). Prints
@@ -34,7 +35,8 @@ _CONFIG = flags.DEFINE_string("config", None, "A config name: random actions in 
 _JITTER = flags.DEFINE_bool("jitter", None, "Override the config's brush_jitter.")
 _AGENT = flags.DEFINE_string("agent", None, "A pretrained agent's name.")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "A run (as experiments.paint takes).")
-_GREEDY = flags.DEFINE_bool("greedy", True, "Agents: most likely strokes (else sampled).")
+_GREEDY = flags.DEFINE_bool("greedy", None, "Agents: most likely strokes, or sampled "
+                            "(default: greedy if conditional, as experiments.paint).")
 _EPISODES = flags.DEFINE_integer("episodes", 100, "Episodes to measure.")
 _SEED = flags.DEFINE_integer("seed", 0, "PRNG seed.")
 _FIGURE = flags.DEFINE_string("figure", None, "PNG of the first --figure_rows episodes.")
@@ -60,7 +62,7 @@ def random_episodes(config_name: str, jitter: bool | None, n: int, seed: int
 
 
 def agent_episodes(agent: str | None, checkpoint: str | None, n: int, seed: int,
-                   greedy: bool) -> tuple[list[program_lib.Program], np.ndarray]:
+                   greedy: bool | None) -> tuple[list[program_lib.Program], np.ndarray]:
     """Programs and final canvases of n episodes of an agent (a conditional one paints
     the first n held-out images of its dataset)."""
     workdir, step, folder = paint.resolve_source(agent, checkpoint)
@@ -74,6 +76,7 @@ def agent_episodes(agent: str | None, checkpoint: str | None, n: int, seed: int,
                                 invert=bool(config.get("invert_images", False)))
         targets = heldout.as_float()
         n = len(targets)
+    greedy = config.conditional if greedy is None else greedy
     paintings = paint.paint(run, targets, n, seed, greedy)
     return [p.program for p in paintings], np.stack([p.canvas for p in paintings])
 

@@ -2,7 +2,7 @@ r"""Paints with a trained agent and writes the canvas, a GIF and the stroke prog
 
     python -m experiments.paint --agent=mnist5k_conditional --target=digit.png --out=DIR
     python -m experiments.paint --agent=mnist5k --num=8 --out=DIR
-    python -m experiments.paint --checkpoint=runs/mnist5k --num=4 --nogreedy
+    python -m experiments.paint --checkpoint=runs/mnist5k_conditional --target=x.png --nogreedy
 
 `--agent` names a pretrained agent (`spiral_jax/pretrained.py`), `--checkpoint` a run of
 your own (its workdir, its checkpoints/ folder, or one checkpoints/<step>). Writes
@@ -29,7 +29,9 @@ _TARGET = flags.DEFINE_string(
 )
 _NUM = flags.DEFINE_integer("num", 1, "Paintings to make (of the target, if conditional).")
 _GREEDY = flags.DEFINE_bool(
-    "greedy", True, "The agent's most likely strokes; --nogreedy samples them."
+    "greedy", None, "--greedy: the agent's most likely strokes; --nogreedy: sampled. Default: "
+    "greedy for conditional agents, sampled for unconditional ones (greedy, they draw "
+    "much the same strokes whatever the noise)."
 )
 _SEED = flags.DEFINE_integer("seed", 0, "PRNG seed (the episodes' noise and sampling).")
 _OUT = flags.DEFINE_string("out", "paintings", "Output directory.")
@@ -51,7 +53,8 @@ def main(argv):
     source = {"agent": _AGENT.value} if _AGENT.value else {"checkpoint": _CHECKPOINT.value}
     if _TARGET.value:
         source["target"] = _TARGET.value
-    paintings = paint.paint(run, targets, _NUM.value, _SEED.value, _GREEDY.value, source)
+    greedy = run.config.conditional if _GREEDY.value is None else _GREEDY.value
+    paintings = paint.paint(run, targets, _NUM.value, _SEED.value, greedy, source)
     written = paint.write(out, paintings)
     strokes = [len(p.program.strokes) for p in paintings]
     print(f"painted {len(paintings)} episode(s) with {run.workdir} at step {run.step} "
