@@ -233,6 +233,7 @@ def test_observation_is_8_bit():
     np.testing.assert_allclose(canvases * 255.0, np.round(canvases * 255.0), atol=1e-3)
 
 
+@pytest.mark.slow  # compiles the brush four ways (about 35 s)
 def test_eager_jit_vmap_scan_agree():
     env = LibMyPaint(episode_length=5, canvas_width=32, grid_width=8, dab_budget=16)
     spec = env.action_spec()

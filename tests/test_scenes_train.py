@@ -1,7 +1,7 @@
 """The agent on 3D scenes: the scene action space (heads, masks), rollouts and
 re-evaluation through the agent, the `scenes` configs and dataset name, the choice of
-environment by config; slow: the random policy, train steps (L2 and conditional-D
-rewards) and `spiral_jax.evaluate` on a scenes run."""
+environment by config; slow: rollouts and their re-evaluation, the random policy,
+train steps (L2 and conditional-D rewards) and `spiral_jax.evaluate` on a scenes run."""
 
 from __future__ import annotations
 
@@ -137,6 +137,7 @@ def test_the_agent_has_a_spatial_position_head_and_linear_part_heads(initialised
         assert heads[f"{k}_head"]["kernel"].shape[-1] == dict(agent.action_spec)[k]
 
 
+@pytest.mark.slow  # compiles a scenes rollout and unroll (about 30 s)
 def test_rollouts_carry_the_environments_masks_and_unroll_to_the_same_log_probs(rolled):
     env, agent, params, targets, traj, out = rolled
     t = env.episode_length - 1
