@@ -49,7 +49,11 @@ def main(argv):
     except (ValueError, FileNotFoundError) as e:  # before anything compiles
         sys.stderr.write(f"error: {e}\n")
         sys.exit(2)
-    run = paint.load(workdir, step, folder)
+    try:
+        run = paint.load(workdir, step, folder)
+    except ValueError as e:  # parameters that do not fit their config.json
+        sys.stderr.write(f"error: {e}\n")
+        sys.exit(2)
     source = {"agent": _AGENT.value} if _AGENT.value else {"checkpoint": _CHECKPOINT.value}
     if _TARGET.value:
         source["target"] = _TARGET.value

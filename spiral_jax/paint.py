@@ -4,10 +4,11 @@
 the input fails in `resolve_source` or `prepare`, in one line, before anything
 compiles:
 
-1. `resolve_source`: a pretrained agent's name (`spiral_jax.pretrained`; its folder
-   and the folder `pretrained.PARAMS`) or a checkpoint (a training run's workdir, its
-   `checkpoints/` or `best_checkpoints/` folder, or one `<step>/` in them, or a copied
-   pretrained agent's folder) -> (workdir, step, folder);
+1. `resolve_source`: a pretrained agent's name (`spiral_jax.pretrained`: its folder,
+   with `pretrained.PARAMS` as the checkpoint folder, its parameters' hash checked) or
+   a checkpoint (a training run's workdir, its `checkpoints/` or `best_checkpoints/`
+   folder, or one `<step>/` in them, or a copied pretrained agent's folder) ->
+   (workdir, step, folder);
 2. `prepare`: the run's config, and for a conditional agent the target image, read and
    converted to the canvas convention (`spiral_jax.image_files`);
 3. `load`: the run restored as `spiral_jax.evaluate` restores it (without loading its
@@ -64,12 +65,15 @@ def resolve_source(agent: str | None, checkpoint: str | None
         raise ValueError("give exactly one of --agent=NAME (a pretrained agent: "
                          f"{', '.join(pretrained.AGENTS)}) or --checkpoint=DIR")
     if agent is not None:
-        return pretrained.folder(agent), None, pretrained.PARAMS
+        path = pretrained.folder(agent)
+        pretrained.verify(path)
+        return path, None, pretrained.PARAMS
     else:
         path = pathlib.Path(checkpoint)
         if not path.exists():
             raise FileNotFoundError(f"--checkpoint={checkpoint} does not exist")
         if pretrained.is_pretrained(path):  # a pretrained agent's folder, copied anywhere
+            pretrained.verify(path)
             return path, None, pretrained.PARAMS
         if (path / "config.json").is_file():  # a workdir
             workdir, step, folder = path, None, checkpoints_lib.CHECKPOINTS

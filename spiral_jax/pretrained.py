@@ -92,16 +92,24 @@ def export(config_json: str, params: Any, out: Path, *, step: int, source: str,
     return info
 
 
+def verify(path: Path) -> bytes:
+    """The bytes of `path/params.msgpack`; ValueError (one line) unless they match the
+    SHA-256 in info.json. Cheap: callers check before anything compiles."""
+    path = Path(path)
+    data = (path / PARAMS).read_bytes()
+    expected = read_info(path).get("params_sha256")
+    if hashlib.sha256(data).hexdigest() != expected:
+        raise ValueError(f"{path / PARAMS} does not match the SHA-256 in {path / INFO}: "
+                         "the file is damaged; restore it from git")
+    return data
+
+
 def load_params(path: Path, like: Any) -> Any:
     """The parameters in `path/params.msgpack`, in the structure of `like` (the policy
     parameters a fresh experiment of the agent's config initialises); ValueError (one
     line) if the file does not match its hash or its shapes differ from `like`'s."""
     path = Path(path)
-    data = (path / PARAMS).read_bytes()
-    expected = read_info(path)["params_sha256"]
-    if hashlib.sha256(data).hexdigest() != expected:
-        raise ValueError(f"{path / PARAMS} does not match the SHA-256 in {path / INFO}: "
-                         "the file is damaged; restore it from git")
+    data = verify(path)
     try:
         params = flax.serialization.from_bytes(like, data)
     except (ValueError, KeyError, TypeError) as e:

@@ -5,7 +5,10 @@ pretrained/ load and paint (the conditional one better than a blank canvas)."""
 from __future__ import annotations
 
 import json
+import os
 import pathlib
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -15,6 +18,7 @@ from experiments.configs import small
 from spiral_jax import checkpoints, datasets, experiment, metrics, paint, pretrained
 
 STEP = 5
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -80,8 +84,15 @@ def test_damaged_or_mismatched_parameters_fail_in_one_line(run_dir, tmp_path):
     data[len(data) // 2] ^= 1
     params.write_bytes(bytes(data))
     with pytest.raises(ValueError, match="does not match the SHA-256") as err:
-        paint.load(*paint.resolve_source(None, str(tmp_path / "agent")))
+        paint.resolve_source(None, str(tmp_path / "agent"))  # before anything compiles
     assert "\n" not in str(err.value)
+    out = subprocess.run(
+        [sys.executable, "-m", "experiments.paint", f"--checkpoint={tmp_path / 'agent'}",
+         "--target=docs/images/digit.png", f"--out={tmp_path / 'out'}"],
+        env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True, cwd=REPO,
+        timeout=600)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [f"error: {err.value}"]
     # Sound parameters under a config whose agent is wider.
     _export(run_dir, tmp_path / "agent")
     config = json.loads((tmp_path / "agent" / "config.json").read_text())
@@ -101,7 +112,7 @@ def test_names_resolve_to_complete_folders(tmp_path):
     (tmp_path / "mnist5k" / "info.json").write_text("{}")
     assert pretrained.folder("mnist5k", tmp_path) == tmp_path / "mnist5k"
     assert set(pretrained.AGENTS) >= {"mnist5k", "mnist5k_conditional"}
-    assert pretrained.PRETRAINED_DIR == pathlib.Path(__file__).resolve().parents[1] / "pretrained"
+    assert pretrained.PRETRAINED_DIR == REPO / "pretrained"
 
 
 @pytest.mark.parametrize("name", sorted(pretrained.AGENTS))
