@@ -76,7 +76,6 @@ def agent_episodes(agent: str | None, checkpoint: str | None, n: int, seed: int,
                                 invert=bool(config.get("invert_images", False)))
         targets = heldout.as_float()
         n = len(targets)
-    greedy = config.conditional if greedy is None else greedy
     paintings = paint.paint(run, targets, n, seed, greedy)
     return [p.program for p in paintings], np.stack([p.canvas for p in paintings])
 

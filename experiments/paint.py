@@ -57,8 +57,7 @@ def main(argv):
     source = {"agent": _AGENT.value} if _AGENT.value else {"checkpoint": _CHECKPOINT.value}
     if _TARGET.value:
         source["target"] = _TARGET.value
-    greedy = run.config.conditional if _GREEDY.value is None else _GREEDY.value
-    paintings = paint.paint(run, targets, _NUM.value, _SEED.value, greedy, source)
+    paintings = paint.paint(run, targets, _NUM.value, _SEED.value, _GREEDY.value, source)
     written = paint.write(out, paintings)
     strokes = [len(p.program.strokes) for p in paintings]
     print(f"painted {len(paintings)} episode(s) with {run.workdir} at step {run.step} "

@@ -21,7 +21,7 @@ from absl import app, flags
 
 from spiral_jax import rewards, scene_data
 from spiral_jax.envs import scene_description as sd
-from spiral_jax.envs.scene_render import render
+from spiral_jax.scene_mh import observe
 
 _NUM = flags.DEFINE_integer("num", 400, "Training scenes probed.")
 _WIDTH = flags.DEFINE_integer("width", 32, "Canvas side in pixels.")
@@ -29,10 +29,6 @@ _POOLS = flags.DEFINE_string("pools", "1;1,2,4,8;4,8,16,32;8,16,32",
                              "Sets of average-pooling scales, separated by ';'.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the random attributes.")
 _SLOTS = 10
-
-
-def _observe(scene: sd.Scene, width: int) -> jax.Array:
-    return jnp.round(render(scene, width) * 255.0) / 255.0
 
 
 def _one_object(position, shape, size, color) -> sd.Scene:
@@ -50,12 +46,12 @@ def main(argv: list[str]) -> None:
         rewards.check_pools(pools, width)
     scenes = jax.tree.map(jnp.asarray,
                           scene_data.load_scenes("train", max_examples=n, max_objects=_SLOTS))
-    targets = jax.jit(jax.vmap(lambda s: _observe(s, width)))(scenes)
+    targets = jax.jit(jax.vmap(lambda s: observe(s, width)))(scenes)
     k_pos, k_shape, k_size, k_color = jax.random.split(jax.random.key(_SEED.value), 4)
     shape = jax.random.randint(k_shape, (n,), 0, len(sd.SHAPES))
     size = jax.random.randint(k_size, (n,), 0, len(sd.SIZE_VALUES))
     color = jax.random.randint(k_color, (n, 3), 0, len(sd.COLOR_LEVELS))
-    draw = jax.jit(jax.vmap(lambda *a: _observe(_one_object(*a), width)))
+    draw = jax.jit(jax.vmap(lambda *a: observe(_one_object(*a), width)))
     first = scenes.position[:, 0]
     canvases = {
         "a random object": draw(jax.random.randint(k_pos, (n,), 0, sd.GRID_WIDTH**2),
@@ -64,7 +60,7 @@ def main(argv: list[str]) -> None:
         "the exact object": draw(first, scenes.shape[:, 0], scenes.size[:, 0],
                                  scenes.color[:, 0]),
     }
-    blank = jnp.broadcast_to(_observe(sd.empty_scene(_SLOTS), width), targets.shape)
+    blank = jnp.broadcast_to(observe(sd.empty_scene(_SLOTS), width), targets.shape)
     print(f"reward of adding one object to the empty floor, x1e-3 (fraction > 0); "
           f"{n} training scenes at {width}x{width}")
     print("| scales | " + " | ".join(canvases) + " |")

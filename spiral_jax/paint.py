@@ -139,10 +139,13 @@ def load(workdir: pathlib.Path, step: int | None, folder: str) -> evaluate.Run:
 
 
 def paint(run: evaluate.Run, targets: np.ndarray | None, num: int, seed: int,
-          greedy: bool, info: dict[str, Any] | None = None) -> list[Painting]:
+          greedy: bool | None, info: dict[str, Any] | None = None) -> list[Painting]:
     """`num` episodes of the run's agent (its parameter average, if it keeps one):
-    greedy (its most likely strokes) or sampled, from `PRNGKey(seed)`."""
+    greedy (its most likely strokes) or sampled, from `PRNGKey(seed)`. `greedy=None`:
+    greedy for a conditional agent, sampled for an unconditional one, whose greedy
+    samples vary little with the noise."""
     exp = run.exp
+    greedy = bool(run.config.conditional) if greedy is None else greedy
     traj = jax.device_get(exp.sampler(num, greedy)(
         run.state.eval_params, jax.random.PRNGKey(seed),
         None if targets is None else jax.numpy.asarray(targets)))

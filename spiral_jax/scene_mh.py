@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from spiral_jax.envs import base
 from spiral_jax.envs import scene_description as sd
 from spiral_jax.envs.scene_description import Scene
 from spiral_jax.envs.scene_render import render
@@ -58,7 +59,7 @@ class Chain:
 
 def observe(scene: Scene, width: int) -> jax.Array:
     """The scene's canvas as the environment shows it (rendered, rounded to 8 bits)."""
-    return jnp.round(render(scene, width) * 255.0) / 255.0
+    return base.observe(render(scene, width))
 
 
 def init(target: jax.Array, max_objects: int = MAX_PRIMITIVES) -> Chain:

@@ -74,6 +74,11 @@ def test_an_exported_agent_paints_exactly_as_its_checkpoint(run_dir, tmp_path):
         for g, w in zip(got, want, strict=True):
             np.testing.assert_array_equal(g.canvas, w.canvas)
             assert g.program.steps == w.program.steps
+    # By default a conditional agent paints greedily.
+    default = paint.paint(slim, targets, 3, seed=4, greedy=None)
+    greedy = paint.paint(slim, targets, 3, seed=4, greedy=True)
+    assert default[0].program.info["greedy"] is True
+    np.testing.assert_array_equal(default[0].canvas, greedy[0].canvas)
 
 
 @pytest.mark.slow
