@@ -39,6 +39,7 @@ from absl import app, flags
 from experiments.configs import mnist5k, small
 from spiral_jax import agent as agent_lib
 from spiral_jax import rollout as rollout_lib
+from spiral_jax import xla_cpu
 from spiral_jax.envs.libmypaint import LibMyPaint
 
 # The agents timed, by name.
@@ -93,7 +94,7 @@ def bench_config(name: str, env: LibMyPaint, batches: list[int]) -> list[dict[st
     agent = agent_lib.make_agent(env.action_spec(), CONFIGS[name])
     params = agent_lib.init_params(agent, jax.random.key(0), env.observation_shape)
     count = agent_lib.param_count(params)
-    step = jax.jit(functools.partial(agent.apply, method=agent_lib.SpiralAgent.step))
+    step = xla_cpu.jit(functools.partial(agent.apply, method=agent_lib.SpiralAgent.step))
     flops1 = flops_of(step.lower(params, *step_inputs(agent, env, 1)).compile())
     print(f"\n[{name}] {count:,} parameters; {flops1 / 1e6:.1f} MFLOP per agent step (batch 1)")
     decisions = env.episode_length - 1
@@ -123,7 +124,7 @@ def bench_config(name: str, env: LibMyPaint, batches: list[int]) -> list[dict[st
             learner_sps = (
                 decisions
                 * batch
-                / timed(lambda t=traj: learner_step(agent, params, t), _MIN_SECONDS.value)
+                / timed(lambda t=traj: learner(agent, params, t), _MIN_SECONDS.value)
             )
         row = dict(
             config=name,
@@ -143,9 +144,9 @@ def bench_config(name: str, env: LibMyPaint, batches: list[int]) -> list[dict[st
     return rows
 
 
-@functools.partial(jax.jit, static_argnums=0)
 def learner_step(agent: agent_lib.SpiralAgent, params: Any, traj: rollout_lib.Trajectory):
-    """Gradient of an actor-critic-shaped loss over the trajectory (timing only)."""
+    """Gradient of an actor-critic-shaped loss over the trajectory (timing only; jit
+    it with `agent` static, as `learner` does)."""
 
     def loss(p: Any) -> jax.Array:
         out = agent.apply(p, **traj.unroll_inputs(), method=agent_lib.SpiralAgent.unroll)
@@ -155,6 +156,16 @@ def learner_step(agent: agent_lib.SpiralAgent, params: Any, traj: rollout_lib.Tr
         )
 
     return jax.grad(loss)(params)
+
+
+@functools.cache
+def _learner() -> Callable[..., Any]:
+    return xla_cpu.jit(learner_step, static_argnums=0)
+
+
+def learner(agent: agent_lib.SpiralAgent, params: Any, traj: rollout_lib.Trajectory) -> Any:
+    """`learner_step` compiled as spiral-jax compiles its train step."""
+    return _learner()(agent, params, traj)
 
 
 def env_steps_per_second(env: LibMyPaint, batch: int) -> float:

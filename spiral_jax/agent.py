@@ -204,17 +204,8 @@ class Torso(nn.Module):
             raise ValueError(f"canvas must be square, got {height}x{width}")
         grid = grid_width_of(self.action_spec)
 
-        x_grid = jnp.broadcast_to(
-            jnp.linspace(-1.0, 1.0, width)[None, None, :, None], (n, height, width, 1)
-        )
-        y_grid = jnp.broadcast_to(
-            jnp.linspace(-1.0, 1.0, height)[None, :, None, None], (n, height, width, 1)
-        )
-        spatial = [canvas]
-        if cfg.conditional:
-            spatial.append(observation["target"])
-        spatial += [x_grid, y_grid]
-        h = layers.conv(cfg.channels, 5, 1, "conv")(jnp.concatenate(spatial, axis=-1))
+        images = [canvas, observation["target"]] if cfg.conditional else [canvas]
+        h = layers.CoordConv(cfg.channels, 5, name="conv")(jnp.concatenate(images, axis=-1))
 
         conds = []
         mask = observation["action_mask"]

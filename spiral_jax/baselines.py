@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from spiral_jax import xla_cpu
 from spiral_jax.datasets import ImageDataset
 from spiral_jax.environments import final_canvas
 from spiral_jax.metrics import as_images
@@ -67,7 +68,7 @@ def make_random_policy(env: Any, num_episodes: int) -> Any:
         return final_canvas(env, k_reset, random_actions(spec, k_act, steps))
 
     batched = jax.vmap(episode)
-    return jax.jit(lambda key: batched(jax.random.split(key, num_episodes)))
+    return xla_cpu.jit(lambda key: batched(jax.random.split(key, num_episodes)))
 
 
 def paint_random(env: Any, key: jax.Array, num_episodes: int, batch: int) -> np.ndarray:

@@ -10,6 +10,11 @@
   stride-1 3x3 conv to 4x the channels plus depth-to-space, and the strided conv's input
   gradient (a `custom_vjp`) is computed that way too. This halves the learner's time on
   a CPU and makes the WGAN-GP step (which differentiates input gradients) ~3.5x faster.
+* Two more arrangements of the same functions for the learner's time-folded batches
+  (docs/speed.md): the first conv's constant coordinate channels are convolved once
+  (`CoordConv`), and a conv to a few channels computes its kernel gradient as one
+  product with shifted copies of the (narrow) output gradient (`NarrowConv`), where
+  XLA would transpose the whole (wide) input to put the batch last.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
+from flax.linen.dtypes import promote_dtype
 
 from spiral_jax.types import Array
 
@@ -70,6 +76,95 @@ def conv(features: int, kernel: int, stride: int, name: str) -> nn.Conv:
     )
 
 
+_DN = ("NHWC", "HWIO", "NHWC")
+
+
+def coordinate_channels(height: int, width: int) -> Array:
+    """[H, W, 2]: x then y, each linspace(-1, 1) along its axis (SPIRAL's torso input)."""
+    x = jnp.broadcast_to(jnp.linspace(-1.0, 1.0, width)[None, :], (height, width))
+    y = jnp.broadcast_to(jnp.linspace(-1.0, 1.0, height)[:, None], (height, width))
+    return jnp.stack([x, y], axis=-1)
+
+
+class CoordConv(nn.Module):
+    """`conv(features, kernel, 1)` of the images with the two coordinate channels
+    appended (`coordinate_channels`), the same function and parameters (kernel
+    [k, k, C + 2, F], bias; named as `flax.linen.Conv`'s), computed as a conv of the
+    images plus the coordinates' conv, done once for the whole batch."""
+
+    features: int
+    kernel_size: int
+
+    @nn.compact
+    def __call__(self, images: Array) -> Array:
+        n, height, width, c = images.shape
+        k = self.kernel_size
+        kernel = self.param("kernel", sonnet_init(), (k, k, c + 2, self.features))
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+        # As the conv of the concatenation would: float32 coordinates promote the rest.
+        images, kernel, bias = promote_dtype(images, kernel, bias, dtype=jnp.float32)
+        coords = coordinate_channels(height, width)[None].astype(images.dtype)
+        conv2d = lambda x, w: jax.lax.conv_general_dilated(  # noqa: E731
+            x, w, (1, 1), "SAME", dimension_numbers=_DN
+        )
+        return conv2d(images, kernel[:, :, :c]) + (conv2d(coords, kernel[:, :, c:]) + bias)
+
+
+@jax.custom_vjp
+def narrow_conv(x: Array, kernel: Array) -> Array:
+    """A stride-1 SAME convolution (NHWC, HWIO, odd kernel) meant for few output
+    channels: its kernel gradient is one product of the input with the taps' shifted
+    copies of the output gradient, not XLA's convolution over a batch-last copy of the
+    input. Values and gradients are those of `lax.conv_general_dilated`."""
+    return jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=_DN)
+
+
+def _narrow_conv_fwd(x: Array, kernel: Array) -> tuple[Array, tuple[Array, Array]]:
+    return narrow_conv(x, kernel), (x, kernel)
+
+
+def _narrow_conv_bwd(res: tuple[Array, Array], g: Array) -> tuple[Array, Array]:
+    x, kernel = res
+    kh, kw, _, co = kernel.shape
+    _, vjp_x = jax.vjp(
+        lambda x: jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=_DN),
+        x,
+    )
+    # y[u, v] = sum_ij x[u + i - ph, v + j - pw] w[i, j]  =>
+    # dw[i, j] = sum_uv x[u, v] g[u - i + ph, v - j + pw]: g shifted per tap.
+    ph, pw = (kh - 1) // 2, (kw - 1) // 2
+    height, width = x.shape[1:3]
+    gp = jnp.pad(g, ((0, 0), (kh - 1 - ph, ph), (kw - 1 - pw, pw), (0, 0)))
+    taps = [
+        gp[:, kh - 1 - i : kh - 1 - i + height, kw - 1 - j : kw - 1 - j + width]
+        for i in range(kh)
+        for j in range(kw)
+    ]
+    shifted = jnp.stack(taps, axis=3)  # [N, H, W, kh * kw, C_out]
+    dw = jnp.einsum("nhwc,nhwto->tco", x, shifted.astype(x.dtype))
+    return vjp_x(g)[0], dw.reshape(kh, kw, -1, co).astype(kernel.dtype)
+
+
+narrow_conv.defvjp(_narrow_conv_fwd, _narrow_conv_bwd)
+
+
+class NarrowConv(nn.Module):
+    """`conv(features, kernel, 1)` (SAME, bias; `flax.linen.Conv`'s parameters) through
+    `narrow_conv`: for a few output channels, such as the decoders' final conv to
+    one logit per cell."""
+
+    features: int
+    kernel_size: int
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        k = self.kernel_size
+        kernel = self.param("kernel", sonnet_init(), (k, k, x.shape[-1], self.features))
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+        x, kernel, bias = promote_dtype(x, kernel, bias)  # as flax.linen.Conv does
+        return narrow_conv(x, kernel) + bias
+
+
 class MLP(nn.Module):
     """Linear layers with ReLU between them and none after the last (snt.nets.MLP)."""
 
@@ -102,7 +197,6 @@ class ResidualStack(nn.Module):
         return nn.relu(h)
 
 
-_DN = ("NHWC", "HWIO", "NHWC")
 # lax.conv_transpose (stride 2, SAME, 4 taps) sends input i through tap k to output
 # 2i + 2 - k. Output 2m + p therefore reads input m + d through tap _TAP[(p, d)].
 _TAP = {(0, -1): 0, (0, 0): 2, (1, 0): 1, (1, 1): 3}
@@ -242,7 +336,7 @@ class ConvDecoder(nn.Module):
         h = ResidualStack(self.channels, self.num_blocks, self.channels, name="res")(h)
         for i in range(self.num_stages):
             h = nn.relu(ConvTranspose4x4(self.channels, name=f"strided_transpose_{i}")(h))
-        return conv(self.out_channels, 3, 1, "final")(h)
+        return NarrowConv(self.out_channels, 3, name="final")(h)
 
 
 class LSTMState(struct.PyTreeNode):

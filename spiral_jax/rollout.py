@@ -41,6 +41,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from spiral_jax import agent as agent_lib
+from spiral_jax import xla_cpu
 from spiral_jax.agent import AgentState, SpiralAgent
 from spiral_jax.types import FIRST, LAST
 
@@ -271,7 +272,7 @@ def make_rollout(
     def fn(params: Any, state: RolloutState, key: Array) -> tuple[RolloutState, Trajectory]:
         return rollout(env, agent, params, state, key, num_steps, bootstrap)
 
-    return jax.jit(fn)
+    return xla_cpu.jit(fn)
 
 
 def episode_length_of(env: Any) -> int:
@@ -347,4 +348,4 @@ def make_episode_rollout(
     def fn(params: Any, key: Array, targets: Array | None = None) -> Trajectory:
         return rollout_episodes(env, agent, params, key, batch_size, targets, greedy)
 
-    return jax.jit(fn)
+    return xla_cpu.jit(fn)

@@ -31,6 +31,7 @@ from spiral_jax import (
     nonfinite,
     policy_learner,
     rewards,
+    xla_cpu,
 )
 from spiral_jax import discriminator as disc_lib
 from spiral_jax import replay as replay_lib
@@ -128,7 +129,7 @@ def make_train_step(exp: Experiment) -> Callable[[TrainState, Array], tuple[Trai
 
     # The images are an argument, not a constant: with several processes, no process
     # holds all of them.
-    jitted = jax.jit(train_step, donate_argnums=0)
+    jitted = xla_cpu.jit(train_step, donate_argnums=0)
     return lambda state, key: jitted(state, exp.data.images, key)
 
 

@@ -114,6 +114,93 @@ def test_strided_conv_computes_in_its_dtype_with_float32_parameters():
 
 
 # ----------------------------------------------------------------------------------------
+# The coordinate conv and the narrow conv (the same functions, arranged for speed).
+
+
+def _np_conv_same(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Float64 brute force of a stride-1 SAME conv with an odd kernel."""
+    k = w.shape[0]
+    p = (k - 1) // 2
+    n, h, wd, _ = x.shape
+    xp = np.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+    y = np.zeros((n, h, wd, w.shape[-1]))
+    for ky in range(k):
+        for kx in range(k):
+            y += xp[:, ky : ky + h, kx : kx + wd] @ w[ky, kx]
+    return y
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_coord_conv_is_flax_conv_of_images_and_coordinates(channels):
+    """CoordConv has flax.linen.Conv's parameters and computes its function (values and
+    gradients) on the images with x and y coordinate channels appended; the
+    coordinates are linspace(-1, 1) along each axis, x first."""
+    rng = np.random.default_rng(3)
+    images = jnp.asarray(rng.uniform(size=(3, 8, 8, channels)), jnp.float32)
+    layer = L.CoordConv(6, 5)
+    params = layer.init(jax.random.key(0), images)
+    ref = nn.Conv(6, (5, 5), padding="SAME")
+    assert jax.tree.map(jnp.shape, params) == jax.tree.map(
+        jnp.shape, ref.init(jax.random.key(0), jnp.ones((1, 8, 8, channels + 2)))
+    )
+    coords = np.stack(np.meshgrid(np.linspace(-1, 1, 8), np.linspace(-1, 1, 8)), -1)
+    np.testing.assert_allclose(L.coordinate_channels(8, 8), coords, atol=1e-7)
+    full = jnp.concatenate([images, jnp.broadcast_to(coords, (3, 8, 8, 2))], -1)
+    want = _np_conv_same(
+        np.asarray(full, np.float64), np.asarray(params["params"]["kernel"], np.float64)
+    ) + np.asarray(params["params"]["bias"])
+    np.testing.assert_allclose(layer.apply(params, images), want, atol=2e-5)
+
+    g = jnp.asarray(rng.normal(size=(3, 8, 8, 6)), jnp.float32)
+    grads = jax.grad(lambda p, x: jnp.sum(layer.apply(p, x) * g), argnums=(0, 1))
+    grads_ref = jax.grad(
+        lambda p, x: jnp.sum(ref.apply(p, jnp.concatenate([x, full[..., channels:]], -1)) * g),
+        argnums=(0, 1),
+    )
+    for got, want in zip(
+        jax.tree.leaves(grads(params, images)), jax.tree.leaves(grads_ref(params, images)),
+        strict=True,
+    ):
+        np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kernel,cin,cout", [(3, 5, 1), (3, 4, 2), (5, 3, 1)])
+def test_narrow_conv_values_and_gradients_match_brute_force(kernel, cin, cout):
+    """narrow_conv computes lax's stride-1 SAME conv; its custom kernel gradient (one
+    product with shifted copies of the output gradient) and input gradient equal the
+    float64 brute force's: dw[i, j] = sum x_pad[u + i, v + j] g[u, v]."""
+    rng = np.random.default_rng(kernel * 10 + cout)
+    x = rng.normal(size=(2, 6, 7, cin))
+    w = rng.normal(size=(kernel, kernel, cin, cout))
+    g = rng.normal(size=(2, 6, 7, cout))
+    y, vjp = jax.vjp(L.narrow_conv, jnp.asarray(x, jnp.float32), jnp.asarray(w, jnp.float32))
+    np.testing.assert_allclose(y, _np_conv_same(x, w), atol=1e-4)
+    dx, dw = vjp(jnp.asarray(g, jnp.float32))
+    p = (kernel - 1) // 2
+    xp = np.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+    dw_ref = np.zeros_like(w)
+    dxp = np.zeros_like(xp)
+    for i in range(kernel):
+        for j in range(kernel):
+            dw_ref[i, j] = np.einsum("nhwc,nhwo->co", xp[:, i : i + 6, j : j + 7], g)
+            dxp[:, i : i + 6, j : j + 7] += g @ w[i, j].T
+    np.testing.assert_allclose(dw, dw_ref, atol=1e-4, rtol=1e-5)
+    np.testing.assert_allclose(dx, dxp[:, p : p + 6, p : p + 7], atol=1e-4, rtol=1e-5)
+
+
+def test_narrow_conv_layer_is_flax_conv():
+    """NarrowConv has flax.linen.Conv's parameters and output."""
+    x = jnp.asarray(np.random.default_rng(4).normal(size=(2, 8, 8, 4)), jnp.float32)
+    params = L.NarrowConv(1, 3).init(jax.random.key(1), x)
+    ref = nn.Conv(1, (3, 3), padding="SAME")
+    assert jax.tree.map(jnp.shape, params) == jax.tree.map(
+        jnp.shape, ref.init(jax.random.key(0), x)
+    )
+    np.testing.assert_allclose(L.NarrowConv(1, 3).apply(params, x), ref.apply(params, x),
+                               atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------
 # The LSTM.
 
 
