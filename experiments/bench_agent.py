@@ -20,7 +20,12 @@ episodes) it prints:
   - agent and environment together: `rollout.make_episode_rollout`, whole episodes
     (reset + 19 decisions) of B environments, counting 19 * B steps per call;
   - the learner's re-evaluation: `SpiralAgent.unroll` over those episodes with the
-    gradient of a V-trace-like loss (forward + backward), in agent steps per second.
+    gradient of a V-trace-like loss (forward + backward), in agent steps ("frames")
+    per second, and the FLOP/s that makes (XLA's count of the compiled learner).
+
+Everything is compiled as the train step is (`spiral_jax.xla_cpu.jit`).
+`python -m experiments.bench_torch` times the same learner against the same network
+in plain PyTorch.
 """
 
 from __future__ import annotations
@@ -118,14 +123,13 @@ def bench_config(name: str, env: LibMyPaint, batches: list[int]) -> list[dict[st
             )
         )
 
-        learner_sps = float("nan")
+        learner_sps = learner_gflops = float("nan")
         if _LEARNER.value:
             traj = episodes(params, jax.random.key(3))
-            learner_sps = (
-                decisions
-                * batch
-                / timed(lambda t=traj: learner(agent, params, t), _MIN_SECONDS.value)
-            )
+            seconds = timed(lambda t=traj: learner(agent, params, t), _MIN_SECONDS.value)
+            learner_sps = decisions * batch / seconds
+            learner_flops = flops_of(_learner().lower(agent, params, traj).compile())
+            learner_gflops = learner_flops / seconds / 1e9
         row = dict(
             config=name,
             batch=batch,
@@ -134,28 +138,32 @@ def bench_config(name: str, env: LibMyPaint, batches: list[int]) -> list[dict[st
             agent_sps=agent_sps,
             both_sps=both_sps,
             learner_sps=learner_sps,
+            learner_gflops=learner_gflops,
         )
         rows.append(row)
         print(
             f"  batch {batch:>4}: agent {agent_sps:>9,.0f}/s  agent+env {both_sps:>9,.0f}/s  "
-            f"learner fwd+bwd {learner_sps:>9,.0f}/s  ({flops_b / 1e6:.1f} MFLOP/step)",
+            f"learner fwd+bwd {learner_sps:>9,.0f}/s at {learner_gflops:.0f} GFLOP/s  "
+            f"({flops_b / 1e6:.1f} MFLOP/step)",
             flush=True,
         )
     return rows
 
 
+def learner_loss(
+    agent: agent_lib.SpiralAgent, params: Any, traj: rollout_lib.Trajectory
+) -> tuple[jax.Array, agent_lib.UnrollOutput]:
+    """An actor-critic-shaped loss over the trajectory (timing only), and the unroll."""
+    out = agent.apply(params, **traj.unroll_inputs(), method=agent_lib.SpiralAgent.unroll)
+    adv = jax.lax.stop_gradient(-out.baseline)
+    loss = -jnp.mean(out.log_prob * adv) + jnp.mean(out.baseline**2) - 0.01 * jnp.mean(out.entropy)
+    return loss, out
+
+
 def learner_step(agent: agent_lib.SpiralAgent, params: Any, traj: rollout_lib.Trajectory):
-    """Gradient of an actor-critic-shaped loss over the trajectory (timing only; jit
-    it with `agent` static, as `learner` does)."""
-
-    def loss(p: Any) -> jax.Array:
-        out = agent.apply(p, **traj.unroll_inputs(), method=agent_lib.SpiralAgent.unroll)
-        adv = jax.lax.stop_gradient(-out.baseline)
-        return (
-            -jnp.mean(out.log_prob * adv) + jnp.mean(out.baseline**2) - 0.01 * jnp.mean(out.entropy)
-        )
-
-    return jax.grad(loss)(params)
+    """The gradient of `learner_loss`: the learner's unroll forward and backward (jit it
+    with `agent` static, as `learner` does)."""
+    return jax.grad(lambda p: learner_loss(agent, p, traj)[0])(params)
 
 
 @functools.cache
@@ -215,14 +223,14 @@ def main(argv: list[str]) -> None:
     print(f"\nload average {os.getloadavg()[0]:.1f} at the end; times are the fastest call")
     print(
         "\n| agent | params | MFLOP/step | batch | agent steps/s | env steps/s "
-        "| agent+env steps/s | learner fwd+bwd steps/s |"
+        "| agent+env steps/s | learner fwd+bwd steps/s | learner GFLOP/s |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
             f"| {r['config']} | {r['params']:,} | {r['mflop_per_step']:.1f} | {r['batch']} "
             f"| {r['agent_sps']:,.0f} | {env_rows[r['batch']]:,.0f} | {r['both_sps']:,.0f} "
-            f"| {r['learner_sps']:,.0f} |"
+            f"| {r['learner_sps']:,.0f} | {r['learner_gflops']:.0f} |"
         )
 
 

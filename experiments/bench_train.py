@@ -7,7 +7,9 @@ Each (config, device count) runs in its own process, because JAX fixes the devic
 count when it starts: on a CPU, `--xla_force_host_platform_device_count=N` splits the
 same cores into N simulated devices, so this shows that sharding works and what it
 costs, not a speed-up (that needs real accelerators). A frame is one environment step
-(one agent decision). The first step (compilation) is not timed.
+(one agent decision). The first step (compilation) is not timed. Each row gives train
+steps/s, frames/s, and the FLOP/s they make (XLA's cost analysis of the compiled step,
+per process).
 
 `paper` is SPIRAL's network and 64x64 canvas (the `mnist` config) on the offline
 mnist5k data; `--paper_batch` shrinks its batch so that a CPU finishes.
@@ -44,6 +46,8 @@ else:
 exp = experiment.build(config)
 state = exp.init_state(jax.random.PRNGKey(0))
 step = train_step.make_train_step(exp)
+cost = step.lower(state, jax.random.PRNGKey(0)).compile().cost_analysis()
+flops = float((cost[0] if isinstance(cost, (list, tuple)) else cost).get("flops", "nan"))
 start = time.perf_counter()
 state, metrics = step(state, jax.random.PRNGKey(0))
 jax.block_until_ready(metrics)
@@ -57,6 +61,7 @@ print(json.dumps(dict(
     devices=jax.device_count(), batch=config.batch_size,
     frames_per_step=exp.frames_per_step(), compile_s=compile_s,
     fps=exp.frames_per_step() * steps / seconds, platform=jax.devices()[0].platform,
+    steps_per_s=steps / seconds, gflops=flops * steps / seconds / 1e9,
 )))
 """
 
@@ -77,8 +82,11 @@ def run_one(name: str, devices: int, steps: int, paper_batch: int) -> dict:
 def main(argv):
     del argv
     print(f"{os.cpu_count()} CPU cores; {_STEPS.value} timed steps per run")
-    print("| config | devices | batch | frames/step | compile s | frames/s | vs 1 device |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "| config | devices | batch | frames/step | compile s | steps/s | frames/s "
+        "| GFLOP/s | vs 1 device |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     for name in _CONFIGS.value:
         base = None
         for devices in (int(d) for d in _DEVICES.value):
@@ -86,7 +94,8 @@ def main(argv):
             base = base or r["fps"]
             print(
                 f"| {name} | {r['devices']} ({r['platform']}) | {r['batch']} | "
-                f"{r['frames_per_step']} | {r['compile_s']:.0f} | {r['fps']:,.0f} | "
+                f"{r['frames_per_step']} | {r['compile_s']:.0f} | {r['steps_per_s']:.2f} | "
+                f"{r['fps']:,.0f} | {r['gflops']:.0f} | "
                 f"{r['fps'] / base:.2f}x |",
                 flush=True,
             )

@@ -45,7 +45,8 @@ Metrics = dict[str, Array]
 
 def make_train_step(exp: Experiment) -> Callable[[TrainState, Array], tuple[TrainState, Metrics]]:
     """`train_step(state, key) -> (state, metrics)`, jitted and sharded over `exp.mesh`.
-    It donates `state`; metrics are averaged over the global batch."""
+    It donates `state`; metrics are averaged over the global batch. `train_step.lower(
+    state, key)` lowers it (for XLA's cost analysis)."""
     config, env, agent, disc = exp.config, exp.env, exp.agent, exp.disc
     policy_opt = policy_learner.make_optimizer(exp.learner)
     disc_opt = disc_learner.make_optimizer(exp.disc_learner)
@@ -130,7 +131,12 @@ def make_train_step(exp: Experiment) -> Callable[[TrainState, Array], tuple[Trai
     # The images are an argument, not a constant: with several processes, no process
     # holds all of them.
     jitted = xla_cpu.jit(train_step, donate_argnums=0)
-    return lambda state, key: jitted(state, exp.data.images, key)
+
+    def step(state: TrainState, key: Array) -> tuple[TrainState, Metrics]:
+        return jitted(state, exp.data.images, key)
+
+    step.lower = lambda state, key: jitted.lower(state, exp.data.images, key)  # cost analysis
+    return step
 
 
 def _episode_metrics(traj, reward: Array, targets: Array | None,
