@@ -1,0 +1,95 @@
+r"""python -m experiments.profile_learner --config=paper --batch=16
+
+Where the learner's time goes: per-operation times of `bench_agent.learner_step` (the
+agent's unroll forward and backward over whole episodes of SPIRAL's paper
+environment), compiled as the train step is, from a `jax.profiler` trace of a few calls.
+Each line gives an XLA operation's mean time per call, its share of all traced
+operation time, its output shape and the JAX operation it comes from (the HLO's
+metadata; kernel-gradient convolutions and layout copies often carry none).
+
+Operations run on two or more threads at once, so the shares are of operation time,
+not of wall time; a CPU's page faults and the runtime's waits are in neither.
+"""
+
+from __future__ import annotations
+
+import collections
+import glob
+import gzip
+import json
+import re
+import tempfile
+
+import jax
+from absl import app, flags
+
+from experiments import bench_agent
+from spiral_jax import agent as agent_lib
+from spiral_jax import rollout as rollout_lib
+from spiral_jax.envs.libmypaint import LibMyPaint
+
+_CONFIG = flags.DEFINE_enum("config", "paper", list(bench_agent.CONFIGS), "Agent size.")
+_BATCH = flags.DEFINE_integer("batch", 16, "Episodes in the learner's batch.")
+_CALLS = flags.DEFINE_integer("calls", 3, "Traced calls (after one untraced).")
+_TOP = flags.DEFINE_integer("top", 25, "Operations listed.")
+
+
+def op_sources(hlo_text: str) -> dict[str, tuple[str, str]]:
+    """HLO instruction name -> (output shape, JAX op_name) of a compiled module's text;
+    a fusion without metadata takes the last op_name inside its computation."""
+    inside: dict[str, str] = {}
+    for block in hlo_text.split("\n\n"):
+        head = re.match(r"%?([\w.\-]+) ", block.strip())
+        names = re.findall(r'op_name="([^"]+)"', block)
+        if head and names:
+            inside[head.group(1)] = names[-1]
+    sources = {}
+    for line in hlo_text.splitlines():
+        m = re.match(r"\s*(?:ROOT )?%([\w.\-]+) = (\S+) ", line)
+        if not m:
+            continue
+        name = re.search(r'op_name="([^"]+)"', line)
+        calls = re.search(r"calls=%([\w.\-]+)", line)
+        source = name.group(1) if name else inside.get(calls.group(1), "") if calls else ""
+        sources[m.group(1)] = (m.group(2), source)
+    return sources
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    env = LibMyPaint(episode_length=20, canvas_width=64, grid_width=32)
+    agent = agent_lib.make_agent(env.action_spec(), bench_agent.CONFIGS[_CONFIG.value])
+    params = agent_lib.init_params(agent, jax.random.key(0), env.observation_shape)
+    episodes = rollout_lib.make_episode_rollout(env, agent, _BATCH.value)
+    traj = episodes(params, jax.random.key(3))
+    call = lambda: jax.block_until_ready(bench_agent.learner(agent, params, traj))  # noqa: E731
+    seconds = bench_agent.timed(call, 2.0)
+    frames = (env.episode_length - 1) * _BATCH.value
+    print(f"[{_CONFIG.value}] batch {_BATCH.value}: {seconds * 1e3:.0f} ms a call, "
+          f"{frames / seconds:.1f} frames/s")
+    compiled = bench_agent._learner().lower(agent, params, traj).compile()
+    sources = op_sources(compiled.as_text())
+    with tempfile.TemporaryDirectory() as logdir:
+        with jax.profiler.trace(logdir):
+            for _ in range(_CALLS.value):
+                call()
+        (path,) = glob.glob(f"{logdir}/**/*.trace.json.gz", recursive=True)
+        with gzip.open(path) as f:
+            events = json.load(f)["traceEvents"]
+    times: collections.Counter[str] = collections.Counter()
+    for e in events:
+        if e.get("ph") == "X" and e["name"] in sources:
+            times[e["name"]] += e["dur"]
+    total = sum(times.values())
+    print(f"traced operation time {total / _CALLS.value / 1e3:.0f} ms a call\n")
+    print("| ms a call | share | operation | output | from |")
+    print("|---|---|---|---|---|")
+    for name, us in times.most_common(_TOP.value):
+        shape, source = sources[name]
+        source = re.sub(r"^jit\([^)]*\)/", "", source).replace("SpiralAgent.", "")
+        print(f"| {us / _CALLS.value / 1e3:.1f} | {100 * us / total:.1f} % | {name} "
+              f"| {shape.split('{')[0]} | {source[:90]} |")
+
+
+if __name__ == "__main__":
+    app.run(main)
