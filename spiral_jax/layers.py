@@ -97,7 +97,7 @@ class CoordConv(nn.Module):
 
     @nn.compact
     def __call__(self, images: Array) -> Array:
-        n, height, width, c = images.shape
+        _, height, width, c = images.shape
         k = self.kernel_size
         kernel = self.param("kernel", sonnet_init(), (k, k, c + 2, self.features))
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
