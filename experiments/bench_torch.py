@@ -64,7 +64,11 @@ FLAGS.set_default("batch_sizes", ["16", "64"])
 _COMPILE = flags.DEFINE_bool("compile", False, "Also time the torch.compile'd learner.")
 _CHECK = flags.DEFINE_bool("check", False, "First check torch against JAX on each config.")
 _CHECK_TOLERANCE = flags.DEFINE_float(
-    "check_tolerance", 1e-4, "Largest relative difference --check accepts."
+    "check_tolerance",
+    2e-3,
+    "Largest relative difference --check accepts. XLA's CPU convolutions leave the "
+    "smallest gradients (|g| ~ 3e-6) up to 1.7e-3 from float64 (docs/speed.md); a wrong "
+    "weight mapping is off by O(1).",
 )
 _BENCH = flags.DEFINE_bool("bench", True, "Time the learners (--nobench: only --check).")
 _ROUNDS = flags.DEFINE_integer(
