@@ -46,8 +46,6 @@ else:
 exp = experiment.build(config)
 state = exp.init_state(jax.random.PRNGKey(0))
 step = train_step.make_train_step(exp)
-cost = step.lower(state, jax.random.PRNGKey(0)).compile().cost_analysis()
-flops = float((cost[0] if isinstance(cost, (list, tuple)) else cost).get("flops", "nan"))
 start = time.perf_counter()
 state, metrics = step(state, jax.random.PRNGKey(0))
 jax.block_until_ready(metrics)
@@ -57,6 +55,8 @@ for i in range(steps):
     state, metrics = step(state, jax.random.PRNGKey(i + 1))
 jax.block_until_ready(metrics)
 seconds = time.perf_counter() - start
+cost = step.lower(state, jax.random.PRNGKey(0)).compile().cost_analysis()
+flops = float((cost[0] if isinstance(cost, (list, tuple)) else cost).get("flops", "nan"))
 print(json.dumps(dict(
     devices=jax.device_count(), batch=config.batch_size,
     frames_per_step=exp.frames_per_step(), compile_s=compile_s,
