@@ -5,10 +5,12 @@ JAX 0.10's CPU backend hands dots, reductions and convolutions to YNNPACK
 (`xla_cpu_experimental_ynn_fusion_type` lists INDIVIDUAL_DOT, INDIVIDUAL_CONVOLUTION
 and REDUCE by default). For the agent's convolutions, whose learner batches fold time
 into the batch (19 x 16 frames of 64x64x32 for the paper's agent), YNNPACK's weight
-gradients run about 4x slower than XLA's own convolutions, and its forward 5x5 and
-4x4-stride-2 convolutions 1.6x slower: the paper agent's learner (unroll forward and
-backward) takes 1.4-1.9x as long with them (measured in docs/speed.md). `jit` keeps
-YNNPACK for dots and reductions and leaves convolutions to XLA.
+gradients run about 4x slower than XLA's own convolutions, and its forward 4x4
+stride-2 convolution 1.6x slower (only the 5-channel 5x5 one is faster with it): the
+paper agent's learner (unroll forward and
+backward) takes 1.4-1.9x as long with them (measured in docs/speed.md). Its reductions
+over the batch (the gradients of values broadcast over it) are slower than XLA's too
+(the learner 11 % slower with them). `jit` keeps YNNPACK for dots only.
 
 The options apply only to what spiral-jax compiles itself; on other backends, or with a
 jaxlib that does not know the option, `jit` is plain `jax.jit` (checked once, by
@@ -24,13 +26,9 @@ from typing import Any
 import jax
 from absl import logging
 
-# YNNPACK's default fusion types less INDIVIDUAL_CONVOLUTION. (The option takes the
-# whole list; the `-name` form of XLA_FLAGS is not accepted per compilation.)
-_CPU_OPTIONS = {
-    "xla_cpu_experimental_ynn_fusion_type": (
-        "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"
-    ),
-}
+# YNNPACK's default fusion types less INDIVIDUAL_CONVOLUTION and REDUCE. (The option
+# takes the whole list; the `-name` form of XLA_FLAGS is not accepted per compilation.)
+_CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
 
 
 @functools.cache
