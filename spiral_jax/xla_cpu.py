@@ -12,14 +12,15 @@ backward) takes 1.4-1.9x as long with them (measured in docs/speed.md). Its redu
 over the batch (the gradients of values broadcast over it) are slower than XLA's too
 (the learner 11 % slower with them). `jit` keeps YNNPACK for dots only.
 
-The options apply only to what spiral-jax compiles itself; on other backends, or with a
-jaxlib that does not know the option, `jit` is plain `jax.jit` (checked once, by
-compiling a trivial function).
+The options apply only to what spiral-jax compiles itself; on other backends, with a
+jaxlib that does not know the option (checked once, by compiling a trivial function),
+or when XLA_FLAGS sets it, `jit` is plain `jax.jit`.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -36,6 +37,8 @@ def compiler_options() -> dict[str, str]:
     """The XLA options `jit` adds on this process's default backend ({} if none)."""
     if jax.default_backend() != "cpu":
         return {}
+    if any(name in os.environ.get("XLA_FLAGS", "") for name in _CPU_OPTIONS):
+        return {}  # the user chose: XLA_FLAGS wins
     try:
         jax.jit(lambda x: x + 1, compiler_options=_CPU_OPTIONS).lower(1.0).compile()
     except Exception as e:  # an older or newer jaxlib without the option
