@@ -128,7 +128,7 @@ def bench_config(name: str, env: LibMyPaint, batches: list[int]) -> list[dict[st
             traj = episodes(params, jax.random.key(3))
             seconds = timed(lambda t=traj: learner(agent, params, t), _MIN_SECONDS.value)
             learner_sps = decisions * batch / seconds
-            learner_flops = flops_of(_learner().lower(agent, params, traj).compile())
+            learner_flops = flops_of(jitted_learner().lower(agent, params, traj).compile())
             learner_gflops = learner_flops / seconds / 1e9
         row = dict(
             config=name,
@@ -167,13 +167,13 @@ def learner_step(agent: agent_lib.SpiralAgent, params: Any, traj: rollout_lib.Tr
 
 
 @functools.cache
-def _learner() -> Callable[..., Any]:
+def jitted_learner() -> Callable[..., Any]:
     return xla_cpu.jit(learner_step, static_argnums=0)
 
 
 def learner(agent: agent_lib.SpiralAgent, params: Any, traj: rollout_lib.Trajectory) -> Any:
     """`learner_step` compiled as spiral-jax compiles its train step."""
-    return _learner()(agent, params, traj)
+    return jitted_learner()(agent, params, traj)
 
 
 def env_steps_per_second(env: LibMyPaint, batch: int) -> float:
@@ -197,20 +197,30 @@ def env_steps_per_second(env: LibMyPaint, batch: int) -> float:
     return decisions * batch / timed(lambda: run(jax.random.key(0)), _MIN_SECONDS.value)
 
 
-def main(argv: list[str]) -> None:
-    del argv
-    env = LibMyPaint(
+def paper_env() -> LibMyPaint:
+    """SPIRAL's paper environment at the sizes of this bench's flags."""
+    return LibMyPaint(
         episode_length=_EPISODE_LENGTH.value,
         canvas_width=_CANVAS.value,
         grid_width=_GRID.value,
     )
+
+
+def conditions(extra: str = "") -> str:
+    """One line of what the figures were measured on, with `extra` after the JAX part."""
     device = jax.devices()[0]
-    print(
-        f"JAX {jax.__version__} on {device.platform} ({device.device_kind}), "
+    return (
+        f"JAX {jax.__version__} on {device.platform} ({device.device_kind}){extra}, "
         f"{os.cpu_count()} CPU cores; canvas {_CANVAS.value}, grid {_GRID.value}, "
         f"{_EPISODE_LENGTH.value - 1} decisions per episode; "
         f"load average {os.getloadavg()[0]:.1f} at start"
     )
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    env = paper_env()
+    print(conditions())
     batches = [int(b) for b in _BATCH_SIZES.value]
     for name in _CONFIGS.value:
         if name not in CONFIGS:

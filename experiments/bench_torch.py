@@ -50,6 +50,7 @@ except ImportError:
         "experiments.bench_torch needs PyTorch: pip install torch (the CPU-only wheel is enough)"
     )
 
+from experiments import bench_agent
 from experiments import torch_agent as torch_lib
 from experiments.bench_agent import CONFIGS, learner, timed
 from spiral_jax import agent as agent_lib
@@ -166,18 +167,12 @@ def main(argv: list[str]) -> None:
         if name not in CONFIGS:
             raise ValueError(f"unknown config {name!r}; allowed: {sorted(CONFIGS)}")
     torch.set_num_threads(_TORCH_THREADS.value or os.cpu_count() or 1)
-    env = LibMyPaint(
-        episode_length=FLAGS.episode_length,
-        canvas_width=FLAGS.canvas_width,
-        grid_width=FLAGS.grid_width,
-    )
-    device = jax.devices()[0]
+    env = bench_agent.paper_env()
     print(
-        f"JAX {jax.__version__} on {device.platform}, PyTorch {torch.__version__} with "
-        f"{torch.get_num_threads()} threads, {os.cpu_count()} CPU cores, niceness "
-        f"{os.nice(0)}; canvas {FLAGS.canvas_width}, grid {FLAGS.grid_width}, "
-        f"{FLAGS.episode_length - 1} decisions per episode; load average "
-        f"{os.getloadavg()[0]:.1f} at start",
+        bench_agent.conditions(
+            f", PyTorch {torch.__version__} with {torch.get_num_threads()} threads "
+            f"(niceness {os.nice(0)})"
+        ),
         flush=True,
     )
     if _CHECK.value:

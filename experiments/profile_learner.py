@@ -67,7 +67,7 @@ def main(argv: list[str]) -> None:
     frames = (env.episode_length - 1) * _BATCH.value
     print(f"[{_CONFIG.value}] batch {_BATCH.value}: {seconds * 1e3:.0f} ms a call, "
           f"{frames / seconds:.1f} frames/s")
-    compiled = bench_agent._learner().lower(agent, params, traj).compile()
+    compiled = bench_agent.jitted_learner().lower(agent, params, traj).compile()
     sources = op_sources(compiled.as_text())
     with tempfile.TemporaryDirectory() as logdir:
         with jax.profiler.trace(logdir):
