@@ -16,7 +16,7 @@ scene's `position`) get the agent's spatial decoder; the others a linear head. T
 agent returns the parts in the spec order. The environment's observation carries the
 mask of the action that produced it; the mask of the action being taken now depends on
 its own sampled gate part (`flag` or `operation`): `masks_of` derives it, and the
-log-probs and entropies of the learner are multiplied by it.
+learner's log-probs and entropies of the parts it masks out are 0.
 """
 
 from __future__ import annotations
@@ -161,24 +161,48 @@ def changes_picture(action: Mapping[str, Array], action_spec: ActionSpec) -> Arr
     return action["flag"] == 1
 
 
+def _masked_log_softmax(lg: Array, mask: Array) -> tuple[Array, Array]:
+    """(log_softmax of the logits, the mask as bool [...]); a masked-out part's logits
+    are replaced by zeros first.
+
+    Why: a part that does not count may carry any logits, -inf among them (a head that
+    rules choices out). Its log-probs would then hold -inf or NaN, and both a product
+    with a 0 mask (0 * inf = NaN) and the backward pass of log_softmax would turn
+    those into NaN, even where `jnp.where` drops the value afterwards. Zeros give a
+    finite log_softmax whose gradient `jnp.where` then cuts.
+    """
+    keep = jnp.asarray(mask) != 0
+    return jax.nn.log_softmax(jnp.where(keep[..., None], lg, 0.0), axis=-1), keep
+
+
+def _out_dtype(value: Array, mask: Array) -> jnp.dtype:
+    # What value * mask gave before the masking used `jnp.where`: float32 logits with
+    # float32 masks give float32, bfloat16 logits with float32 masks float32.
+    return jnp.result_type(value, jnp.asarray(mask).dtype)
+
+
 def masked_log_probs(
     logits: Mapping[str, Array], actions: Mapping[str, Array], masks: Mapping[str, Array]
 ) -> dict[str, Array]:
-    """Per-part log-softmax(logits)[action], times the part's mask."""
+    """Per-part log-softmax(logits)[action] where the part's mask is nonzero, exactly 0
+    elsewhere (whatever the masked part's logits, -inf included; no NaN values or
+    gradients)."""
     out = {}
     for k, lg in logits.items():
-        logp = jax.nn.log_softmax(lg, axis=-1)
+        logp, keep = _masked_log_softmax(lg, masks[k])
         picked = jnp.take_along_axis(logp, actions[k][..., None].astype(jnp.int32), axis=-1)
-        out[k] = picked[..., 0] * masks[k]
+        out[k] = jnp.where(keep, picked[..., 0], 0.0).astype(_out_dtype(picked, masks[k]))
     return out
 
 
 def masked_entropies(logits: Mapping[str, Array], masks: Mapping[str, Array]) -> dict[str, Array]:
-    """Per-part entropy -sum p log p of softmax(logits), times the part's mask."""
+    """Per-part entropy -sum p log p of softmax(logits) where the part's mask is nonzero,
+    exactly 0 elsewhere (as in `masked_log_probs`)."""
     out = {}
     for k, lg in logits.items():
-        logp = jax.nn.log_softmax(lg, axis=-1)
-        out[k] = -jnp.sum(jnp.exp(logp) * logp, axis=-1) * masks[k]
+        logp, keep = _masked_log_softmax(lg, masks[k])
+        ent = -jnp.sum(jnp.exp(logp) * logp, axis=-1)
+        out[k] = jnp.where(keep, ent, 0.0).astype(_out_dtype(ent, masks[k]))
     return out
 
 

@@ -34,7 +34,7 @@ CORRUPT = "corrupt_checkpoints"  # where checkpoints that fail to verify are mov
 
 # Fields added to TrainState after checkpoints were first written, with the value that
 # means "not kept": a checkpoint without the field restores it as that value.
-_ADDED_FIELDS = {"policy_ema": None}
+_ADDED_FIELDS = {"policy_ema": None, "members": None}
 
 
 def manager(workdir: Any, keep: int) -> ocp.CheckpointManager:

@@ -11,7 +11,9 @@ make a real/fake batch's scores depend on each other.
 Its losses are in `spiral_jax.gan_losses`. With ``spectral_norm`` (SPIRAL++, Mellor
 et al., 2019) every conv and linear kernel is divided by its largest singular value
 (Miyato et al., 2018). Conditional discriminators judge (canvas, target) pairs,
-concatenated on channels. `critic_fn` gives the losses and rewards a function
+concatenated on channels; with ``complement`` (SPIRAL++) the pairs are half a canvas
+beside the target's other half (`spiral_jax.complement`), built by the caller: the
+network is the same. `critic_fn` gives the losses and rewards a function
 ``apply_fn(params, canvas, target) -> scores`` (float32 [B]; ``target`` None for an
 unconditional D) with the spectral-norm statistics held fixed.
 
@@ -64,6 +66,8 @@ class DiscriminatorConfig:
     # backend runs slowly; WGAN-GP differentiates input gradients (~3.5x faster here).
     cpu_friendly_conv: bool = True
     conditional: bool = False  # judges (canvas, target) pairs, concatenated on channels
+    # SPIRAL++'s complement D: half an image beside the target's other half (`complement`)
+    complement: bool = False
     dtype: str = "float32"  # compute dtype; parameters, statistics and the score stay f32
 
     def __post_init__(self) -> None:
@@ -85,9 +89,13 @@ class DiscriminatorConfig:
             raise ValueError(
                 f"disc.power_iterations={self.power_iterations!r}: must be an int >= 1"
             )
-        for name in ("spectral_norm", "cpu_friendly_conv", "conditional"):
+        for name in ("spectral_norm", "cpu_friendly_conv", "conditional", "complement"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"disc.{name}={getattr(self, name)!r}: must be a bool")
+        if self.complement and not self.conditional:
+            raise ValueError(
+                "disc.complement=True needs a conditional discriminator (conditional=True)"
+            )
         check_compute_dtype(self.dtype, "disc.dtype")
 
 

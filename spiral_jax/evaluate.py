@@ -50,8 +50,10 @@ from spiral_jax import action_space, baselines, digit_classifier, environments, 
 from spiral_jax import checkpoints as checkpoints_lib
 from spiral_jax import datasets as data_lib
 from spiral_jax import metrics as metrics_lib
+from spiral_jax import population as population_lib
 from spiral_jax.experiment import Experiment, TrainState
 from spiral_jax.image_grid import make_grid
+from spiral_jax.population_loop import best_member
 
 # Training images for the references (all of mnist5k's 4,000).
 MAX_REFERENCE_TRAIN = 5000
@@ -71,6 +73,18 @@ class Run:
     state: TrainState
     step: int
     folder: str  # the checkpoint folder it came from (`checkpoints.FOLDERS`)
+    # A population run: `state` is its best member's (lowest fitness in the
+    # checkpoint), `population_state` the whole population, `member` the best's index.
+    population_state: TrainState | None = None
+    member: int | None = None
+
+    def members(self) -> list[TrainState]:
+        """Every member's state of a population run (empty for a single agent)."""
+        if self.population_state is None:
+            return []
+        return [population_lib.member(self.population_state, i,
+                                      self.exp.population.shared_disc)
+                for i in range(self.exp.population.size)]
 
 
 def resolve_run(
@@ -133,7 +147,12 @@ def load_run(workdir: pathlib.Path, step: int | None, folder: str,
     config = load_config(workdir)
     exp = experiment.build(config, dataset=dataset)
     state, step = restore_state(exp, workdir, step, folder)
-    return Run(workdir, config, exp, state, int(step), folder)
+    if not exp.population.stacked:
+        return Run(workdir, config, exp, state, int(step), folder)
+    best = best_member(state)
+    return Run(workdir, config, exp,
+               population_lib.member(state, best, exp.population.shared_disc), int(step),
+               folder, population_state=state, member=best)
 
 
 @dataclasses.dataclass
@@ -234,6 +253,10 @@ def paint_all(run: Run, heldout: HeldOut, k_agent: jax.Array, k_random: jax.Arra
         painters["agent_online_greedy"], _, _ = paint(run.exp, state.policy_params, k_agent,
                                                       n, batch, targets, greedy=True)
         agent_rows += ["agent_online", "agent_online_greedy"]
+    for i, member in enumerate(run.members()):  # a population: every member, sampled
+        painters[f"agent_member_{i}"], _, _ = paint(run.exp, member.eval_params, k_agent, n,
+                                                    batch, targets)
+        agent_rows.append(f"agent_member_{i}")
     return Paintings(painters, agent_rows, strokes, greedy_strokes, frames)
 
 
@@ -344,6 +367,12 @@ def describe(run: Run, heldout: HeldOut, painted: Paintings, seed: int) -> dict[
         "agent_params": (f"moving average (decay {float(run.exp.learner.ema_decay)})"
                          if run.state.policy_ema is not None else "online"),
     }
+    if run.population_state is not None:
+        members = jax.device_get(run.population_state.members)
+        result["population"] = {
+            "size": run.exp.population.size, "best_member": run.member,
+            **{k: [float(v) for v in values] for k, values in members.items()},
+        }
     if heldout.classifier is not None:
         result["classifier"] = {
             "weights": digit_classifier.DEFAULT_WEIGHTS.name,
@@ -417,6 +446,8 @@ def format_table(result: dict[str, Any]) -> str:
         rows.append(("agent, online params", result["agent_online"]))
     if "agent_online_greedy" in result:
         rows.append(("agent, online, greedy", result["agent_online_greedy"]))
+    rows += [(f"population member {k.rsplit('_', 1)[1]}", v) for k, v in result.items()
+             if k.startswith("agent_member_")]
     rows += [(f"baseline: {k}", v) for k, v in result["baselines"].items()]
     rows += [(f"reference: {k}", v) for k, v in result["references"].items()]
     if result["conditional"]:
@@ -440,6 +471,9 @@ def format_table(result: dict[str, Any]) -> str:
             f"{result['agent_paint_steps']:.1f} paint steps / episode")
     if result.get("agent_params", "online") != "online":
         head += f"\nagent: the {result['agent_params']} of its parameters"
+    if "population" in result:
+        head += (f"\nagent: population member {result['population']['best_member']} of "
+                 f"{result['population']['size']}, the fittest in training")
     if not result["conditional"] and "frechet_distance" in result["agent"]:
         head += "\nFréchet distance to held-out real digits on the digit classifier's features"
     return head + "\n" + "\n".join(lines)

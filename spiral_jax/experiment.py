@@ -11,6 +11,7 @@ straight into constructors, one to one:
     LearnerConfig(**config.learner)             spiral_jax/policy_learner.py
     DiscLearnerConfig(**config.disc_learner)    spiral_jax/disc_learner.py
     RewardConfig(**config.reward)               spiral_jax/rewards.py
+    PopulationConfig(**config.population)       spiral_jax/population.py
 
 (`...`: the top-level `conditional` and `compute_dtype`, which several parts share).
 The other top-level fields (environment, batch, data, loop) are read by `build` and
@@ -37,6 +38,7 @@ from spiral_jax import agent as agent_lib
 from spiral_jax import datasets as data_lib
 from spiral_jax import device_data, disc_learner, environments, policy_learner, rollout
 from spiral_jax import discriminator as disc_lib
+from spiral_jax import population as population_lib
 from spiral_jax import replay as replay_lib
 from spiral_jax.rewards import RewardConfig, check_pools
 from spiral_jax.sharding import AXIS, make_mesh
@@ -86,6 +88,9 @@ class TrainState(struct.PyTreeNode):
     replay: replay_lib.Replay
     # Exponential moving average of policy_params (learner.ema_decay > 0), else None.
     policy_ema: Any = None
+    # A population's per member ({name: [size]}): hyperparameters (`population.HPARAMS`)
+    # and last measured fitness; None for a single agent, which uses the config's.
+    members: Any = None
 
     @property
     def eval_params(self) -> Any:
@@ -137,6 +142,7 @@ class Experiment:
     reward: RewardConfig
     data: device_data.DeviceDataset
     mesh: Mesh
+    population: population_lib.PopulationConfig = population_lib.PopulationConfig()
     _samplers: dict = dataclasses.field(default_factory=dict, repr=False)
 
     @property
@@ -149,11 +155,27 @@ class Experiment:
         return int(self.config.batch_size)
 
     def frames_per_step(self) -> int:
-        """Environment steps (agent decisions) per train step, over all devices."""
-        return self.batch_size * (self.env.episode_length - 1)
+        """Environment steps (agent decisions) per train step, over all devices and all
+        members of a population."""
+        return self.population.size * self.batch_size * (self.env.episode_length - 1)
 
     def init_state(self, key: Array) -> TrainState:
-        """Fresh parameters, optimiser states and an empty replay, placed on the mesh."""
+        """Fresh parameters, optimiser states and an empty replay, placed on the mesh.
+        A population's members get their own draws of everything member-specific
+        (`population.member_fields`) and of their hyperparameters."""
+        pop = self.population
+        if not pop.stacked:
+            return self.place(self._init_member(key))
+        k_members, k_hparams = jax.random.split(jax.random.fold_in(key, 1))
+        inits = [self._init_member(k) for k in jax.random.split(k_members, pop.size)]
+        fields = population_lib.member_fields(pop.shared_disc)
+        stacked = {f: jax.tree.map(lambda *xs: jnp.stack(xs), *[getattr(m, f) for m in inits])
+                   for f in fields if f != "members"}
+        state = inits[0].replace(**stacked,
+                                 members=population_lib.init_members(pop, k_hparams))
+        return self.place(state)
+
+    def _init_member(self, key: Array) -> TrainState:
         k_agent, k_disc = jax.random.split(key)
         shape = self.env.observation_shape
         policy_params = agent_lib.init_params(self.agent, k_agent, shape)
@@ -174,14 +196,15 @@ class Experiment:
             policy_ema=(jax.tree.map(jnp.copy, policy_params)
                         if self.learner.ema_decay > 0 else None),
         )
-        return self.place(state)
+        return state
 
     def state_specs(self, state: TrainState) -> TrainState:
         """PartitionSpecs of a state: replicated, but the replay sharded over AXIS
-        (each device keeps the canvases it painted)."""
+        (each device keeps the canvases it painted; a population's on its second axis)."""
         replay = state.replay
+        slots = P(None, AXIS) if self.population.stacked else P(AXIS)
         replay_spec = replay_lib.Replay(
-            canvases=P(AXIS), targets=None if replay.targets is None else P(AXIS),
+            canvases=slots, targets=None if replay.targets is None else slots,
             pointer=P(), count=P(),
         )
         return jax.tree.map(lambda _: P(), state.replace(replay=None)).replace(
@@ -255,6 +278,9 @@ def _build(config: ml_collections.ConfigDict, mesh: Mesh,
     learner = construct(policy_learner.LearnerConfig, config, "learner")
     disc_learner_config = construct(disc_learner.DiscLearnerConfig, config, "disc_learner")
     reward = construct(RewardConfig, config, "reward")
+    # Absent in the config.json of runs from before populations: a single agent.
+    population = (construct(population_lib.PopulationConfig, config, "population")
+                  if "population" in config else population_lib.PopulationConfig())
     sharding = NamedSharding(mesh, P(AXIS))
     global_rows = None
     if dataset is None:
@@ -278,4 +304,4 @@ def _build(config: ml_collections.ConfigDict, mesh: Mesh,
     # Each device holds an equal block of the examples (`disc_learner.sample_images`).
     data = device_data.to_device(dataset, sharding, global_rows=global_rows)
     return Experiment(config, env, agent, disc, learner, disc_learner_config, reward, data,
-                      mesh)
+                      mesh, population)

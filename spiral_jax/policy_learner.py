@@ -36,7 +36,11 @@ class LearnerConfig:
     b1: float = 0.5  # Adam's beta1 (SPIRAL)
     b2: float = 0.999  # Adam's beta2
     eps: float = 1e-8  # Adam's epsilon
-    max_grad_norm: float = 40.0  # gradients clipped to this global norm before Adam
+    # Gradients clipped to this global norm before Adam. The losses are means over the
+    # T x B steps, so norms are about 0.1-1 for rewards of order 1 (SPIRAL's 40 was for
+    # sums): set it just above a run's usual `policy_grad_norm`, so that it cuts the
+    # spikes (`policy_grad_clipped` logs how often it binds).
+    max_grad_norm: float = 1.0
     entropy_cost: float = 0.01  # weight of the entropy bonus (SPIRAL: PBT over 2e-3..1e-1)
     # Divide each action part's entropy by its largest value, log(choices), so that a
     # 2-way flag and a 256-way location weigh the same in the entropy bonus.
@@ -90,8 +94,12 @@ def loss_fn(
     traj: Trajectory,
     rewards: Array,
     discount: float,
+    entropy_cost: float | Array | None = None,
 ) -> tuple[Array, dict[str, Array]]:
-    """The V-trace actor-critic loss of one pass and its metrics (this device's batch)."""
+    """The V-trace actor-critic loss of one pass and its metrics (this device's batch).
+
+    `entropy_cost` replaces `cfg.entropy_cost` (a population member's own, traced)."""
+    entropy_cost = cfg.entropy_cost if entropy_cost is None else entropy_cost
     dtype = jnp.dtype(agent.config.dtype)
     params_c = params if dtype == jnp.float32 else cast_floating(params, dtype)
     out = agent.apply(params_c, **traj.unroll_inputs(), method=SpiralAgent.unroll)
@@ -116,7 +124,7 @@ def loss_fn(
     pg_loss = -jnp.mean(vt.pg_advantages * target_log_prob)
     baseline_loss = 0.5 * jnp.mean(jnp.square(vt.vs - baseline))
     entropy_mean = jnp.mean(entropy)
-    loss = pg_loss + cfg.baseline_cost * baseline_loss - cfg.entropy_cost * entropy_mean
+    loss = pg_loss + cfg.baseline_cost * baseline_loss - entropy_cost * entropy_mean
     metrics = {
         "policy_loss": pg_loss,
         "baseline_loss": baseline_loss,
@@ -136,20 +144,43 @@ def update(
     traj: Trajectory,
     rewards: Array,
     discount: float,
+    hparams: dict[str, Array] | None = None,
 ) -> tuple[Any, Any, dict[str, Array]]:
     """`cfg.passes` Adam steps on one rollout, gradients averaged over the mesh (inside
-    `shard_map`). Returns the new parameters and optimiser state, and the first pass's
-    metrics (those of the policy that acted)."""
-    first_metrics = None
+    `shard_map`). Returns the new parameters and optimiser state, and metrics.
+
+    The metrics are the first pass's (those of the policy that acted: its loss, entropy
+    and value), and with several passes also the last pass's, prefixed ``last_``: its
+    ``last_mean_rho`` says how far the updates took the policy from the one that acted
+    (the first pass's ``mean_rho`` is 1 by construction). ``policy_grad_clipped`` is 1
+    where a pass's gradient norm exceeded ``max_grad_norm`` (averaged over the passes).
+
+    `hparams` (a population member's, `spiral_jax.population`): ``learning_rate`` and
+    ``entropy_cost`` replace the config's. The learning rate scales Adam's update
+    (Adam's step is proportional to it, so this is Adam with that rate), which keeps the
+    optimiser state's structure the same as a single run's.
+    """
+    entropy_cost = None if hparams is None else hparams["entropy_cost"]
+    first_metrics, clipped = None, 0.0
     # A Python loop, not lax.scan: XLA's CPU backend runs convolutions (and their
     # gradients) inside a while loop ~25x slower than outside one.
     for _ in range(cfg.passes):
         (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            params, agent, cfg, traj, rewards, discount
+            params, agent, cfg, traj, rewards, discount, entropy_cost
         )
         grads = jax.lax.pmean(grads, AXIS)
         metrics["policy_grad_norm"] = optax.tree.norm(grads)
+        clipped = clipped + (metrics["policy_grad_norm"] > cfg.max_grad_norm).astype(jnp.float32)
         updates, opt_state = optimizer.update(grads, opt_state, params)
+        if hparams is not None:
+            updates = jax.tree.map(
+                lambda u: u * (hparams["learning_rate"] / cfg.learning_rate).astype(u.dtype),
+                updates,
+            )
         params = optax.apply_updates(params, updates)
         first_metrics = metrics if first_metrics is None else first_metrics
-    return params, opt_state, first_metrics
+    out = dict(first_metrics)
+    if cfg.passes > 1:
+        out.update({f"last_{k}": v for k, v in metrics.items()})
+    out["policy_grad_clipped"] = clipped / cfg.passes
+    return params, opt_state, out

@@ -5,13 +5,22 @@ from its canvases, outside the environment:
 
 * `terminal_d_reward`: D's score of the final canvas at the last step, 0 before
   (SPIRAL, Ganin et al., ICML 2018, Sec. 3; undiscounted).
-* `per_step_d_reward`: r_t = D(c_{t+1}) - D(c_t), the change in D's score that step
-  t's stroke made (SPIRAL++'s temporal credit assignment, Mellor et al., 2019). The
-  rewards of an episode telescope to D(final) - D(blank).
+* `per_step_d_reward`: r_t = gamma * D(c_{t+1}) - D(c_t), the change in D's score
+  that step t's stroke made (SPIRAL++'s temporal credit assignment, Mellor et al.,
+  2019), in the potential-based form of Ng, Harada & Russell (ICML 1999, "Policy
+  invariance under reward transformations") with the canvas's score as potential.
+  Why the gamma: the discounted return sum_t gamma^t r_t of an episode of T steps is
+  then exactly gamma^T D(final) - D(blank), which depends on the final canvas alone,
+  i.e. gamma times the terminal reward's return minus a constant no action changes,
+  so both rewards favour the same policies. The plain difference D(c_{t+1}) - D(c_t)
+  would discount each step's gain by when it was made and so pay for painting the
+  target early rather than for ending on it: two episodes with the same final canvas
+  would get different returns. With gamma = 1 the two forms coincide and telescope to
+  D(final) - D(blank).
 * `l2_reward` / `l2_per_step_reward`: the negative mean squared distance between
   canvas and target (the paper's conditional baseline, Sec. 5; the per-step form is
-  the same difference trick applied to it). Both can average the distance over
-  average-pooled scales (``pools``), which credits strokes that land near the ink.
+  the same potential-based difference applied to it). Both can average the distance
+  over average-pooled scales (``pools``), which credits strokes that land near the ink.
 * `standardize_scores`: D's scores centred and scaled over the batch, so that the
   critic's drifting offset and growing scale do not reach the agent.
 * `stroke_penalty` and `empty_canvas_penalty`: the small penalties of SPIRAL's MNIST
@@ -61,7 +70,11 @@ class RewardConfig:
     """What the agent is paid; `config.reward` holds these fields."""
 
     kind: str = "terminal_d"  # terminal_d (SPIRAL) | per_step_d (SPIRAL++) | l2 | l2_per_step
-    discount: float = 1.0  # gamma of the return (SPIRAL 1; SPIRAL++ per-step: 0.9-0.99)
+    # gamma of the return (SPIRAL 1; SPIRAL++ per-step: 0.9-0.99): V-trace discounts by
+    # it, and the per-step kinds pay gamma * Phi(c_{t+1}) - Phi(c_t) (Ng et al., 1999), so
+    # that an episode's discounted return is gamma^T Phi(final) - Phi(blank) whatever path
+    # led to the final canvas.
+    discount: float = 1.0
     l2_pools: tuple[int, ...] = (1,)  # L2 rewards: averaged over these pooling factors
     scale: float = 1.0  # multiplies the D or L2 reward (not the penalties)
     # Standardise D's scores over the global batch, so that a WGAN critic's drifting
@@ -115,10 +128,12 @@ def episode_rewards(
     else:
         # Canvases c_0 (blank) .. c_T (final) of each episode, [T + 1, B, H, W, C].
         canvases = jnp.concatenate([traj.observation["canvas"][:1], traj.next_canvas])
+        # The return's own gamma, so that the shaping is potential-based (Ng et al. 1999).
         if cfg.kind == "per_step_d":
-            reward = per_step_d_reward(d_score(canvases))
+            reward = per_step_d_reward(d_score(canvases), discount=cfg.discount)
         else:
-            reward = l2_per_step_reward(canvases, targets, pools=cfg.l2_pools)
+            reward = l2_per_step_reward(canvases, targets, pools=cfg.l2_pools,
+                                        discount=cfg.discount)
     reward = cfg.scale * reward
     if cfg.stroke_penalty:
         # A paint-only part's mask in o_t is 1 exactly when the pen was down before a_t.
@@ -207,26 +222,39 @@ def standardize_scores(
     return centred * jax.lax.rsqrt(global_mean(jnp.square(centred)) + eps)
 
 
-def per_step_d_reward(canvas_scores: Array, valid: Array | None = None) -> Array:
-    """r_t = s_{t+1} - s_t, the change of D's score that a_t made (SPIRAL++).
+def per_step_d_reward(
+    canvas_scores: Array, valid: Array | None = None, discount: float = 1.0
+) -> Array:
+    """r_t = gamma * s_{t+1} - s_t, the change of D's score that a_t made (SPIRAL++), in
+    the potential-based form of Ng, Harada & Russell (1999) with s as the potential.
+
+    The gamma makes an episode's discounted return sum_t gamma^t r_t telescope to
+    gamma^T s(final) - s(blank): it pays for the canvas the episode ends on, not for
+    how early each part of it was painted, which the plain difference s_{t+1} - s_t
+    would reward under a discount < 1.
 
     Args:
       canvas_scores: [T + 1, B], D's scores (as rewards) of the canvases c_0 .. c_T of
         o_0 .. o_T, o_T being the observation after the last step (``final_canvas``).
-        For a whole episode c_0 is the blank canvas, so the rewards sum to
-        s(final) - s(blank).
+        For a whole episode c_0 is the blank canvas, so the discounted rewards sum to
+        gamma^T s(final) - s(blank).
       valid: optional [T, B]; steps with 0 (the dummy action at a LAST observation of a
         continuing unroll, whose next canvas belongs to a new episode) get 0.
+      discount: gamma, the discount of the return the rewards feed (`RewardConfig`'s);
+        1 gives the plain difference s_{t+1} - s_t.
 
     Returns:
-      float32 [T, B]. Within each episode the rewards telescope.
+      float32 [T, B]. Within each episode the discounted rewards telescope.
     """
     _check_time_batch("canvas_scores", canvas_scores)
     t = canvas_scores.shape[0] - 1
     if t < 1:
         raise ValueError(f"canvas_scores needs T + 1 >= 2 rows, got {canvas_scores.shape[0]}")
+    # Traced discounts (e.g. tuned by population-based training) cannot be checked here.
+    if isinstance(discount, (int, float, np.number)) and not 0.0 <= discount <= 1.0:
+        raise ValueError(f"discount must be in [0, 1], got {discount!r}")
     s = canvas_scores.astype(jnp.float32)
-    r = s[1:] - s[:-1]
+    r = jnp.asarray(discount, jnp.float32) * s[1:] - s[:-1]
     if valid is not None:
         _check_time_batch("valid", valid, (t, canvas_scores.shape[1]))
         r = r * _as_mask(valid)
@@ -302,9 +330,15 @@ def l2_reward(
 
 
 def l2_per_step_reward(
-    canvases: Array, target: Array, valid: Array | None = None, pools: tuple[int, ...] = (1,)
+    canvases: Array,
+    target: Array,
+    valid: Array | None = None,
+    pools: tuple[int, ...] = (1,),
+    discount: float = 1.0,
 ) -> Array:
-    """r_t = l2_score(c_{t+1}) - l2_score(c_t): how much closer to the target a_t got.
+    """r_t = gamma * l2_score(c_{t+1}) - l2_score(c_t): how much closer to the target a_t
+    got, in the potential-based form (Ng et al. 1999) of `per_step_d_reward`, so that an
+    episode's discounted return is gamma^T l2_score(final) - l2_score(blank).
 
     Args:
       canvases: [T + 1, B, H, W, C], the canvases c_0 .. c_T of o_0 .. o_T (for a
@@ -312,12 +346,13 @@ def l2_per_step_reward(
       target: [B, H, W, C].
       valid: optional [T, B] mask, as in `per_step_d_reward`.
       pools: average-pooling factors, see `l2_score`.
+      discount: gamma, the return's discount, as in `per_step_d_reward`.
     """
     if getattr(canvases, "ndim", None) != 5:
         raise ValueError(f"canvases must be [T + 1, B, H, W, C], got {_shape(canvases)}")
     if _shape(target) != tuple(canvases.shape[1:]):
         raise ValueError(f"target must be {tuple(canvases.shape[1:])}, got {_shape(target)}")
-    return per_step_d_reward(l2_score(canvases, target[None], pools), valid)
+    return per_step_d_reward(l2_score(canvases, target[None], pools), valid, discount)
 
 
 def stroke_penalty(

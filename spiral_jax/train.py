@@ -34,6 +34,13 @@ from spiral_jax import checkpoints, experiment, pictures, stops, train_step
 from spiral_jax import workdir as workdir_lib
 from spiral_jax.experiment import ConfigError, Experiment, TrainState
 from spiral_jax.image_grid import make_grid
+from spiral_jax.population_loop import (
+    PopulationLoop,
+    best_member,
+    member_hparams,
+    member_scalars,
+    with_fitness,
+)
 from spiral_jax.run_log import RunLog
 from spiral_jax.sample_quality import FrechetToTrainingDigits, check_eval_config
 from spiral_jax.stops import Stop, TrainingFailure
@@ -128,7 +135,8 @@ def _loop(exp: Experiment, state: TrainState, mngr: Any, workdir: epath.Path,
           f"({jax.devices()[0].platform}), batch {config.batch_size}, "
           f"{exp.frames_per_step()} frames/step, workdir {workdir}")
     frechet = FrechetToTrainingDigits(exp) if evaluates else None
-    out = Outputs(exp, workdir, step, frechet)
+    members = PopulationLoop(exp, evaluates) if exp.population.stacked else None
+    out = Outputs(exp, workdir, step, frechet, members)
     step_fn = train_step.make_train_step(exp)
     root_key = jax.random.PRNGKey(config.seed)
 
@@ -145,7 +153,8 @@ def _loop(exp: Experiment, state: TrainState, mngr: Any, workdir: epath.Path,
             step += 1
             out.bar.update(1)
             try:
-                in_a_row = int(metrics["skipped_in_a_row"])
+                in_a_row = int(np.max(metrics["skipped_in_a_row"]))  # waits for the step
+                t_between = time.perf_counter()
                 if in_a_row >= config.max_nonfinite_in_a_row:
                     requests.fail(
                         f"{in_a_row} updates in a row had non-finite gradients (step {step},"
@@ -153,15 +162,22 @@ def _loop(exp: Experiment, state: TrainState, mngr: Any, workdir: epath.Path,
                         " the last checkpoint is kept"
                     )
                     continue
+                exploits = members is not None and members.is_due(step)
+                if members is not None:
+                    members.observe(metrics)
                 if is_due(config.log_every):
-                    out.log_metrics(step, metrics)
-                if out.frechet is not None and is_due(config.eval_every):
-                    out.frechet_distance(step, state)
+                    out.log_metrics(step, metrics, state)
+                if out.frechet is not None and (
+                        is_due(config.eval_every) or (exploits and members.kind == "frechet")):
+                    state = out.frechet_distance(step, state)
+                if exploits:
+                    state = out.exploit(step, state)
                 if is_due(config.sample_every):
                     out.samples(step, state)
                 checkpoints.check_saves(mngr)
                 if is_due(config.checkpoint_every):
                     checkpoints.save(mngr, step, state)
+                out.between_steps += time.perf_counter() - t_between
             except TrainingFailure as e:
                 requests.fail(str(e))
             except Exception as e:  # noqa: BLE001 - a bug: agree to stop, then raise it
@@ -188,12 +204,24 @@ def _loop(exp: Experiment, state: TrainState, mngr: Any, workdir: epath.Path,
 class Outputs:
     """What the loop writes between steps (through `RunLog`, chief only): metrics with
     frames per second, the in-training Fréchet distance and its best checkpoint, and
-    sample grids; and the progress bar."""
+    sample grids; a population's exploit steps; and the progress bar.
+
+    It also keeps the loop's cost: `between_steps` is the wall time spent after a step
+    finished and before the next was dispatched (logging, evaluation, pictures,
+    checkpoint saves, exploit steps). Each metrics record carries the fraction of wall
+    time since the previous record spent so (``loop_overhead``), and `close` prints
+    the whole run's. Asynchronous checkpoint writes that overlap the next steps are
+    not in it: they show as slower steps (`experiments.bench_train` gives the bare
+    step's rate to compare with)."""
 
     def __init__(self, exp: Experiment, workdir: epath.Path, start_step: int,
-                 frechet: FrechetToTrainingDigits | None):
+                 frechet: FrechetToTrainingDigits | None,
+                 members: PopulationLoop | None = None):
         config = exp.config
-        self.exp, self.frechet = exp, frechet
+        self.exp, self.frechet, self.members = exp, frechet, members
+        self.between_steps = 0.0
+        self._t_start = self._last_wall = time.perf_counter()
+        self._between_at_last = 0.0
         self.frames = exp.frames_per_step()
         is_chief = jax.process_index() == 0
         self.log = RunLog(workdir, start_step, self.frames, is_chief)
@@ -212,37 +240,74 @@ class Outputs:
         self.postfix: dict[str, str] = {}
         self._last_time, self._last_step = time.perf_counter(), start_step
 
-    def log_metrics(self, step: int, metrics: dict[str, Any]) -> None:
-        """The step's metrics and the frames per second since the last record."""
-        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    def log_metrics(self, step: int, metrics: dict[str, Any], state: TrainState) -> None:
+        """The step's metrics (a population's: the members' mean and each member's, and
+        their hyperparameters), frames per second and the loop's overhead since the
+        last record."""
+        if self.members is None:
+            metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        else:
+            metrics = member_scalars(metrics)
+            metrics.update(member_hparams(state))
         now = time.perf_counter()
         metrics["frames_per_second"] = (
             self.frames * (step - self._last_step) / (now - self._last_time)
         )
+        metrics["loop_overhead"] = (
+            (self.between_steps - self._between_at_last) / (now - self._last_wall)
+        )
+        self._last_wall, self._between_at_last = now, self.between_steps
         self._last_time, self._last_step = now, step
         self.postfix.update(_progress(metrics))
         self.bar.set_postfix(self.postfix, refresh=False)
         self.log.scalars(step, metrics)
 
-    def frechet_distance(self, step: int, state: TrainState) -> None:
-        """Measures it, logs it, and saves the state as the best checkpoint if it is."""
+    def frechet_distance(self, step: int, state: TrainState) -> TrainState:
+        """Measures it, logs it, and saves the state as the best checkpoint if it is (a
+        population's: every member's, kept as their fitness when that is the Fréchet
+        distance, and the best member's is the run's)."""
         t_eval = time.perf_counter()
         key = jax.random.fold_in(self.eval_key, step)
-        distances = _frechet_distances(self.frechet, state, key)
+        if self.members is None:
+            distances = _frechet_distances(self.frechet, state, key)
+        else:  # every member with the same key; the best one is the run's figure
+            per_member = [_frechet_distances(self.frechet, self.members.member(state, i), key)
+                          for i in range(self.exp.population.size)]
+            if self.members.kind == "frechet":
+                state = with_fitness(state, [d["frechet_train"] for d in per_member])
+            distances = {f"{k}/m{i}": v for i, d in enumerate(per_member) for k, v in d.items()}
+            distances["frechet_train"] = min(d["frechet_train"] for d in per_member)
         self._last_time += time.perf_counter() - t_eval  # frames/s counts training only
         self.postfix["FD"] = f"{distances['frechet_train']:.0f}"
         # Saved, then dropped unless it is the best so far.
         checkpoints.save(self.best_mngr, step, state,
                          metrics={"frechet_train": distances["frechet_train"]})
         self.log.scalars(step, distances, prefix="eval")
+        return state
+
+    def exploit(self, step: int, state: TrainState) -> TrainState:
+        """A population's exploit/explore step, logged under ``pbt/``."""
+        state, record = self.members.exploit(step, state)
+        if record:
+            self.log.scalars(step, record, prefix="pbt")
+            self.postfix["best"] = f"m{best_member(state)}"
+        return state
 
     def samples(self, step: int, state: TrainState) -> None:
+        """A sample grid (a population's: its best member's)."""
         key = jax.random.fold_in(self.sample_key, step)
+        if self.members is not None:
+            state = self.members.member(state)
         grid = sample_grid(self.exp, state.eval_params, key, self.fixed_targets)
         self.log.image("samples", grid, step, f"step_{step:07d}.png")
 
     def close(self) -> None:
         self.bar.close()
+        wall = time.perf_counter() - self._t_start
+        if wall > 0 and self.between_steps > 0:
+            print(f"\nwork between steps (logs, evaluation, pictures, checkpoints): "
+                  f"{self.between_steps:.1f} s, {100 * self.between_steps / wall:.1f} % of "
+                  f"the loop's {wall:.0f} s")
         if self.best_mngr is not None:
             self.best_mngr.wait_until_finished()
             self.best_mngr.close()

@@ -11,7 +11,9 @@ One jitted `train_step(state, key) -> (state, metrics)` in four phases:
 4. replay and discriminator update: the final canvases join the replay, and D learns
    from real images against replayed canvases.
 
-Data parallelism is `jax.shard_map` over the mesh of `spiral_jax.sharding`.
+Data parallelism is `jax.shard_map` over the mesh of `spiral_jax.sharding`. A
+population (`spiral_jax.population`) `vmap`s the same step over its members inside
+it; a discriminator the members share averages its gradients over the member axis.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from jax.sharding import PartitionSpec as P
 
 from spiral_jax import (
     action_space,
+    complement,
     disc_learner,
     environments,
     gan_losses,
@@ -34,6 +37,7 @@ from spiral_jax import (
     xla_cpu,
 )
 from spiral_jax import discriminator as disc_lib
+from spiral_jax import population as population_lib
 from spiral_jax import replay as replay_lib
 from spiral_jax.experiment import Experiment, TrainState
 from spiral_jax.rollout import rollout_episodes_per_key
@@ -52,9 +56,15 @@ def make_train_step(exp: Experiment) -> Callable[[TrainState, Array], tuple[Trai
     disc_opt = disc_learner.make_optimizer(exp.disc_learner)
     batch = exp.batch_size
     blank = environments.blank_canvas(env)  # 1.0 (white) or a scene's empty floor
+    pop = exp.population
+    # The axes D's gradients are averaged over: the devices, and the members sharing it.
+    disc_axes = (AXIS, population_lib.MEMBER) if pop.stacked and pop.shared_disc else AXIS
 
     def local_step(state: TrainState, images: Array, key: Array) -> tuple[TrainState, Metrics]:
+        """One agent's step on this device's share of the batch (a population member's,
+        under `vmap`, with `state.members` its own scalars)."""
         k_roll, k_target, k_disc = jax.random.split(jax.random.fold_in(key, 0), 3)
+        k_masks = jax.random.fold_in(key, 1)  # a complement D's reward masks
         targets = None
         if config.conditional:
             targets = disc_learner.sample_images(images, global_keys(k_target, batch), AXIS)
@@ -68,9 +78,21 @@ def make_train_step(exp: Experiment) -> Callable[[TrainState, Array], tuple[Trai
 
         # 2. Rewards.
         critic = disc_lib.critic_fn(disc, state.disc_spectral)
+        masks = None
+        if disc.config.complement:
+            # One half-image mask per episode, the same for all its canvases, so that
+            # per-step rewards still telescope (SPIRAL++'s complement D).
+            masks = complement.sample_masks(global_keys(k_masks, batch), *env.observation_shape[:2])
+
+        def d_score_raw(canvases: Array) -> Array:
+            """D's scores of canvases [..., B, H, W, C] painted for this batch's targets."""
+            if masks is None:
+                return disc_lib.score_canvases(critic, state.disc_params, canvases, targets)
+            halves, complements = complement.pairs(canvases, targets, masks)
+            return disc_lib.score_canvases(critic, state.disc_params, halves, complements)
 
         def d_score(canvases: Array) -> Array:
-            scores = disc_lib.score_canvases(critic, state.disc_params, canvases, targets)
+            scores = d_score_raw(canvases)
             scores = gan_losses.generator_reward(scores, exp.disc_learner.loss,
                                                  exp.reward.gan_reward)
             if exp.reward.standardize_d:
@@ -82,7 +104,7 @@ def make_train_step(exp: Experiment) -> Callable[[TrainState, Array], tuple[Trai
         # 3. Policy update, then the parameters' moving average.
         policy_params, policy_opt_state, metrics = policy_learner.update(
             state.policy_params, state.policy_opt_state, agent, exp.learner, policy_opt,
-            traj, reward, exp.reward.discount,
+            traj, reward, exp.reward.discount, state.members,
         )
         policy_ema = state.policy_ema
         if policy_ema is not None:
@@ -99,9 +121,15 @@ def make_train_step(exp: Experiment) -> Callable[[TrainState, Array], tuple[Trai
         disc_state = (state.disc_params, state.disc_spectral, state.disc_opt_state)
         if exp.disc_learner.updates_per_step:
             disc_state, disc_metrics = disc_learner.update(
-                *disc_state, disc, exp.disc_learner, disc_opt, images, replay, k_disc, batch
+                *disc_state, disc, exp.disc_learner, disc_opt, images, replay, k_disc, batch,
+                axis_name=disc_axes,
             )
             metrics.update(disc_metrics)
+        if pop.stacked:
+            # D's raw score of the final canvases: a population's fitness when nothing
+            # better is known (`population.fitness`); comparable across members only
+            # when they share D.
+            metrics["d_score_final"] = jnp.mean(d_score_raw(traj.final_canvas))
 
         metrics.update(_episode_metrics(traj, reward, targets, agent.action_spec, blank))
         metrics = _global_mean(metrics)
@@ -118,11 +146,24 @@ def make_train_step(exp: Experiment) -> Callable[[TrainState, Array], tuple[Trai
         )
         return new_state, metrics
 
+    def population_step(state: TrainState, images: Array, key: Array
+                        ) -> tuple[TrainState, Metrics]:
+        """`local_step` vmapped over the members: member i draws from fold_in(key, i).
+        Metrics get a leading member axis."""
+        axes = population_lib.state_axes(state, pop.shared_disc)
+
+        def member_step(member: TrainState, index: Array) -> tuple[TrainState, Metrics]:
+            return local_step(member, images, jax.random.fold_in(key, index))
+
+        return jax.vmap(member_step, in_axes=(axes, 0), out_axes=(axes, 0),
+                        axis_name=population_lib.MEMBER)(state, jnp.arange(pop.size))
+
     def train_step(state: TrainState, images: Array, key: Array
                    ) -> tuple[TrainState, Metrics]:
         specs = exp.state_specs(state)
         sharded = jax.shard_map(
-            local_step, mesh=exp.mesh, in_specs=(specs, P(AXIS), P()),
+            population_step if pop.stacked else local_step,
+            mesh=exp.mesh, in_specs=(specs, P(AXIS), P()),
             out_specs=(specs, P()),
             check_vma=False,
         )

@@ -182,12 +182,24 @@ def test_cpu_friendly_conv_is_the_same_function_to_second_order():
         ("spectral_norm", 1, r"disc\.spectral_norm=1: must be a bool"),
         ("cpu_friendly_conv", "yes", r"disc\.cpu_friendly_conv='yes': must be a bool"),
         ("conditional", None, r"disc\.conditional=None: must be a bool"),
+        ("complement", "no", r"disc\.complement='no': must be a bool"),
+        ("complement", True,
+         r"disc\.complement=True needs a conditional discriminator \(conditional=True\)"),
     ],
 )
 def test_bad_config_raises_one_line_naming_field_and_value(field, value, message):
     with pytest.raises(ValueError, match=message) as err:
         D.DiscriminatorConfig(**{field: value})
     assert "\n" not in str(err.value)
+
+
+def test_complement_needs_a_conditional_discriminator():
+    with pytest.raises(ValueError, match=r"complement=True needs a conditional") as err:
+        D.DiscriminatorConfig(complement=True, conditional=False)
+    assert "\n" not in str(err.value)
+    config = D.DiscriminatorConfig(channels=(4,), complement=True, conditional=True)
+    hash(config)
+    assert not D.DiscriminatorConfig().complement  # off by default
 
 
 def test_config_from_json_lists_and_defaults():

@@ -61,14 +61,139 @@ def test_wgan_gp_loss_closed_form_on_linear_critic(conditional):
         # Gradient of <w, x> is w at every interpolate: the penalty is (||w|| - target)^2
         # whatever the interpolation weights.
         gp = (np.linalg.norm(w) - gp_target) ** 2
-        want = (d_fake.mean() - d_real.mean() + gp_weight * gp
-                + drift_weight * np.mean(d_real**2))
+        drift = np.mean(np.concatenate([d_real, d_fake])) ** 2
+        want = d_fake.mean() - d_real.mean() + gp_weight * gp + drift_weight * drift
         assert float(loss) == pytest.approx(want, rel=1e-5, abs=1e-6)
         assert float(metrics["gradient_penalty"]) == pytest.approx(gp, rel=1e-5)
         assert float(metrics["grad_norm"]) == pytest.approx(np.linalg.norm(w), rel=1e-5)
         assert float(metrics["wasserstein"]) == pytest.approx(d_real.mean() - d_fake.mean(),
                                                               rel=1e-5, abs=1e-6)
-        assert float(metrics["drift"]) == pytest.approx(np.mean(d_real**2), rel=1e-5)
+        assert float(metrics["drift"]) == pytest.approx(drift, rel=1e-4, abs=1e-9)
+
+
+def test_real_target_makes_the_real_pairs():
+    """With ``real_target`` the real pairs are (real, real_target), not (real, real), in
+    both losses, and the penalty's interpolates interpolate both members."""
+    shape = (4, 4, 4, 1)
+    rng = np.random.default_rng(5)
+    a, v = rng.normal(size=(4, 4, 2)), rng.normal(size=(4, 4, 2)) * 0.1
+
+    def apply_fn(params, canvas, target):  # a conditional quadratic critic
+        x = jnp.concatenate([canvas, target], axis=-1)
+        return jnp.sum(params["a"] * x**2 + params["v"] * x, axis=(1, 2, 3))
+
+    params = {"a": jnp.asarray(a, jnp.float32), "v": jnp.asarray(v, jnp.float32)}
+    real, real_target, fake, fake_target = (jnp.asarray(_images(i, shape)) for i in range(4))
+    eps = jnp.asarray(rng.uniform(size=4), jnp.float32)
+
+    def d_np(canvas, target):
+        x = np.concatenate([canvas, target], axis=-1).astype(np.float64)
+        return np.sum(a * x**2 + v * x, axis=(1, 2, 3))
+
+    d_real, d_fake = d_np(real, real_target), d_np(fake, fake_target)
+    x_hat, t_hat, _ = G.interpolates(None, real, fake, real_target, fake_target, eps)
+    e = np.asarray(eps, np.float64)[:, None, None, None]
+    np.testing.assert_allclose(np.asarray(t_hat), e * real_target + (1 - e) * fake_target,
+                               rtol=1e-6, atol=1e-6)
+    gp, _ = G.gradient_penalty(apply_fn, params, x_hat, t_hat)
+    loss, metrics = G.wgan_gp_loss(apply_fn, params, real, fake, None, fake_target=fake_target,
+                                   real_target=real_target, eps=eps, drift_weight=0.01)
+    drift = np.mean(np.concatenate([d_real, d_fake])) ** 2
+    want = d_fake.mean() - d_real.mean() + float(gp) + 0.01 * drift
+    assert float(metrics["d_real"]) == pytest.approx(d_real.mean(), rel=1e-5)
+    assert float(metrics["gradient_penalty"]) == pytest.approx(float(gp), rel=1e-5)
+    assert float(loss) == pytest.approx(want, rel=1e-5)
+    _, gan = G.discriminator_loss("gan", apply_fn, params, real, fake, None,
+                                  fake_target=fake_target, real_target=real_target)
+    assert float(gan["d_real"]) == pytest.approx(d_real.mean(), rel=1e-5)
+    # Without it the real pairs are (real, real).
+    _, plain = G.gan_loss(apply_fn, params, real, fake, fake_target=fake_target)
+    assert float(plain["d_real"]) == pytest.approx(d_np(real, real).mean(), rel=1e-5)
+    with pytest.raises(ValueError, match="real_target was given without fake_target"):
+        G.gan_loss(apply_fn, params, real, fake, real_target=real_target)
+    with pytest.raises(ValueError, match="real_target must have"):
+        G.gan_loss(apply_fn, params, real, fake, fake_target=fake_target,
+                   real_target=real_target[:3])
+
+
+def _offset_critic(params, canvas, target):
+    """D(x) = scale * (mean(x) - 0.5) + offset: ``offset`` is the constant a WGAN critic
+    is defined up to, ``scale`` sets the real-fake spread."""
+    del target
+    return params["scale"] * (jnp.mean(canvas, axis=(1, 2, 3)) - 0.5) + params["offset"]
+
+
+def test_drift_pins_the_critics_constant_and_leaves_its_spread_alone():
+    """drift = (mean of D over real and fake)^2: 0, with zero gradient, when mean D(real)
+    = -mean D(fake) however wide the spread; an offset c is pulled back towards 0."""
+    shape = (6, 3, 3, 1)
+    base = _images(0, shape)
+    real = jnp.asarray(base * 0.4 + 0.6)  # mean(x) - 0.5 in [0.1, 0.5]
+    fake = jnp.asarray(1.0 - np.asarray(real))  # mirrored: D(fake) = -D(real) at c = 0
+
+    def drift_term(params):
+        # The loss with the Wasserstein part and the penalty removed: gp_weight 0, and
+        # the Wasserstein part mean D(fake) - mean D(real) differs from the loss by it.
+        loss, metrics = G.wgan_gp_loss(_offset_critic, params, real, fake, jax.random.key(0),
+                                       gp_weight=0.0, drift_weight=1.0)
+        return loss + metrics["wasserstein"], metrics
+
+    f = jax.jit(jax.value_and_grad(drift_term, has_aux=True))
+    for scale in (0.5, 3.0, 40.0):
+        (term, metrics), grads = f({"scale": jnp.float32(scale), "offset": jnp.float32(0.0)})
+        assert float(metrics["wasserstein"]) > 0.1 * scale  # a real spread ...
+        assert abs(float(term)) < 1e-6 and abs(float(metrics["drift"])) < 1e-6  # ... free
+        assert abs(float(grads["scale"])) < 1e-5 and abs(float(grads["offset"])) < 1e-5
+    # An offset: the float64 reference value, and a gradient 2 * mean that moves it to 0.
+    for offset in (-2.0, 0.7):
+        params = {"scale": jnp.float32(3.0), "offset": jnp.float32(offset)}
+        (term, metrics), grads = f(params)
+        x = np.concatenate([np.asarray(real), np.asarray(fake)]).astype(np.float64)
+        mean = np.mean(3.0 * (x.reshape(len(x), -1).mean(1) - 0.5) + offset)
+        assert float(metrics["drift"]) == pytest.approx(mean**2, rel=1e-5)
+        assert float(term) == pytest.approx(mean**2, rel=1e-5)
+        assert float(grads["offset"]) == pytest.approx(2.0 * mean, rel=1e-5)
+        assert np.sign(float(grads["offset"])) == np.sign(offset)  # descent shrinks |c|
+        assert abs(float(grads["scale"])) < 1e-4  # the spread is not penalised
+    # Karras et al.'s mean D(real)^2 would instead pull the spread in (its gradient in
+    # `scale` at offset 0 is 2 mean(D(real) * (mean(x) - 0.5)) > 0).
+
+
+def test_drift_over_a_mapped_axis_equals_the_whole_batch():
+    """With ``axis_name`` the drift's mean is the global batch's: split in two over a
+    mapped axis, the value and the averaged gradients equal the unsplit loss's."""
+    shape = (8, 3, 3, 1)
+    real = jnp.asarray(_images(1, shape) * 0.5 + 0.5)
+    fake = jnp.asarray(_images(2, shape) * 0.5)
+    eps = jnp.asarray(np.random.default_rng(3).uniform(size=8), jnp.float32)
+    params = {"scale": jnp.float32(2.0), "offset": jnp.float32(0.9)}
+
+    def loss(p, real, fake, eps, axis_name=None):
+        return G.wgan_gp_loss(_offset_critic, p, real, fake, None, gp_weight=1.0,
+                              drift_weight=0.5, eps=eps, axis_name=axis_name)
+
+    (whole, whole_metrics), whole_grads = jax.value_and_grad(loss, has_aux=True)(
+        params, real, fake, eps)
+
+    def local(real, fake, eps):
+        (value, metrics), grads = jax.value_and_grad(loss, has_aux=True)(
+            params, real, fake, eps, "devices")
+        return value, metrics, jax.lax.pmean(grads, "devices")
+
+    def halves(x):
+        return x.reshape((2, -1) + x.shape[1:])
+
+    value, metrics, grads = jax.vmap(local, axis_name="devices")(
+        halves(real), halves(fake), halves(eps))
+    assert float(np.mean(value)) == pytest.approx(float(whole), rel=1e-5)
+    np.testing.assert_allclose(np.asarray(metrics["drift"]), float(whole_metrics["drift"]),
+                               rtol=1e-5)
+    for name in params:
+        np.testing.assert_allclose(np.asarray(grads[name]), float(whole_grads[name]),
+                                   rtol=1e-5, atol=1e-6)
+    # Without the axis each half would square its own mean: a different drift.
+    _, alone = loss(params, real[:4], fake[:4], eps[:4])
+    assert abs(float(alone["drift"]) - float(whole_metrics["drift"])) > 1e-3
 
 
 def test_gradient_penalty_quadratic_critic_matches_numpy():

@@ -82,6 +82,115 @@ def test_per_step_reward_telescopes_within_each_episode_of_a_continuing_unroll()
     assert checked >= 2 * B
 
 
+def _discounted_return(r: np.ndarray, gamma: float) -> np.ndarray:
+    """sum_t gamma^t r_t over the time axis 0 of [T, B] rewards, in float64."""
+    return np.einsum("t,tb->b", gamma ** np.arange(len(r), dtype=np.float64),
+                     r.astype(np.float64))
+
+
+GAMMAS = (1.0, 0.99, 0.9, 0.5, 0.0)
+
+
+@pytest.mark.parametrize("gamma", GAMMAS)
+def test_per_step_d_reward_is_potential_based(gamma):
+    """Ng et al. (1999): r_t = gamma s_{t+1} - s_t, so the discounted return of a whole
+    episode is gamma^T s(final) - s(blank), whatever the path."""
+    s = np.random.default_rng(10).normal(size=(T + 1, B))
+    r = np.asarray(RW.per_step_d_reward(jnp.asarray(s, jnp.float32), discount=gamma))
+    assert r.shape == (T, B) and r.dtype == np.float32
+    s32 = s.astype(np.float32).astype(np.float64)
+    np.testing.assert_allclose(r, gamma * s32[1:] - s32[:-1], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(_discounted_return(r, gamma), gamma**T * s32[-1] - s32[0],
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("pools", [(1,), (1, 2)])
+@pytest.mark.parametrize("gamma", GAMMAS)
+def test_l2_per_step_reward_is_potential_based(gamma, pools):
+    r64 = np.random.default_rng(11)
+    canvases = r64.uniform(size=(T + 1, B, 8, 8, 2)).astype(np.float32)
+    canvases[0] = 1.0  # blank start
+    target = r64.uniform(size=(B, 8, 8, 2)).astype(np.float32)
+    phi = -np.mean([_pooled_mse_numpy(canvases.astype(np.float64),
+                                      np.broadcast_to(target, canvases.shape), f)
+                    for f in pools], axis=0)  # [T + 1, B], the potential in float64
+    r = np.asarray(RW.l2_per_step_reward(jnp.asarray(canvases), jnp.asarray(target),
+                                         pools=pools, discount=gamma))
+    assert r.shape == (T, B) and r.dtype == np.float32
+    np.testing.assert_allclose(r, gamma * phi[1:] - phi[:-1], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(_discounted_return(r, gamma), gamma**T * phi[-1] - phi[0],
+                               rtol=1e-4, atol=1e-6)
+
+
+def test_same_final_canvas_by_different_paths_gets_the_same_discounted_return():
+    """Three episodes end on the same canvas: column 0 paints the target in its first
+    step, column 1 in its last, column 2 after a random detour. Potential-based rewards
+    give all three the same discounted return; the gamma-free difference would pay
+    column 0 more than column 1 for painting early."""
+    gamma = 0.9
+    target = np.ones((3, 4, 4, 1), np.float32)
+    target[:, 1:3, 1:3] = 0.0
+    canvases = np.ones((T + 1, 3, 4, 4, 1), np.float32)  # all start blank
+    canvases[1:, 0] = target[0]
+    canvases[-1, 1] = target[1]
+    canvases[1:-1, 2] = np.random.default_rng(12).uniform(size=(T - 1, 4, 4, 1))
+    canvases[-1, 2] = target[2]
+    c, t = jnp.asarray(canvases), jnp.asarray(target)
+
+    def d_score(x):  # a stand-in critic: the mean ink, any leading axes
+        return 1.0 - jnp.mean(x, axis=(-3, -2, -1))
+
+    for pools in ((1,), (1, 2)):
+        ret = _discounted_return(
+            np.asarray(RW.l2_per_step_reward(c, t, pools=pools, discount=gamma)), gamma)
+        # gamma^T * 0 (the final canvas is the target) - l2_score(blank).
+        np.testing.assert_allclose(ret, -float(RW.l2_score(c[0, 0], t[0], pools)),
+                                   rtol=1e-6, atol=1e-6)
+    ret = _discounted_return(np.asarray(RW.per_step_d_reward(d_score(c), discount=gamma)),
+                             gamma)
+    np.testing.assert_allclose(ret, gamma**T * 0.25 - 0.0, rtol=1e-6, atol=1e-6)
+    # The old gamma-free difference, discounted at gamma, tells the paths apart.
+    old = _discounted_return(np.asarray(RW.per_step_d_reward(d_score(c))), gamma)
+    np.testing.assert_allclose(old[:2], [0.25, gamma ** (T - 1) * 0.25], rtol=1e-6)
+
+
+def test_per_step_rewards_with_discount_one_are_the_plain_telescoping_difference():
+    s = np.random.default_rng(13).normal(size=(T + 1, B)).astype(np.float32)
+    r = np.asarray(RW.per_step_d_reward(jnp.asarray(s), discount=1.0))
+    np.testing.assert_array_equal(r, s[1:] - s[:-1])  # bit for bit: 1 * s is exact
+    np.testing.assert_array_equal(r, np.asarray(RW.per_step_d_reward(jnp.asarray(s))))
+    np.testing.assert_allclose(r.sum(0), s[-1] - s[0], rtol=1e-5, atol=1e-5)
+    canvases = jnp.asarray(np.random.default_rng(14).uniform(size=(T + 1, B, 4, 4, 1)),
+                           jnp.float32)
+    target = jnp.asarray(np.random.default_rng(15).uniform(size=(B, 4, 4, 1)), jnp.float32)
+    np.testing.assert_array_equal(
+        np.asarray(RW.l2_per_step_reward(canvases, target, discount=1.0)),
+        np.asarray(RW.l2_per_step_reward(canvases, target)))
+
+
+def test_discounted_per_step_reward_is_potential_based_within_each_episode_of_an_unroll():
+    gamma = 0.9
+    st, _, valid = _continuing_unroll()
+    tt = valid.shape[0]
+    s = np.random.default_rng(16).normal(size=(tt + 1, B)).astype(np.float32)
+    r = np.asarray(RW.per_step_d_reward(jnp.asarray(s), jnp.asarray(valid), discount=gamma))
+    checked = 0
+    for b in range(B):
+        start = None
+        for t in range(tt + 1):
+            if st[t, b] == FIRST:
+                start = t
+            if st[t, b] == LAST and start is not None:
+                ret = _discounted_return(r[start:t, b:b + 1], gamma)[0]
+                assert ret == pytest.approx(gamma ** (t - start) * s[t, b] - s[start, b],
+                                            abs=1e-5)
+                if t < tt:
+                    assert r[t, b] == 0.0  # the dummy action at LAST
+                start = None
+                checked += 1
+    assert checked >= 2 * B
+
+
 def test_l2_rewards_match_numpy_and_telescope():
     shape = (4, 5, 5, 3)[1:]
     target = rng.uniform(size=(B,) + shape)
@@ -217,6 +326,8 @@ def test_bad_input():
         RW.per_step_d_reward(jnp.zeros((1, B)))
     with pytest.raises(ValueError, match="valid"):
         RW.per_step_d_reward(jnp.zeros((T + 1, B)), jnp.ones((T + 1, B)))
+    with pytest.raises(ValueError, match=r"discount must be in \[0, 1\], got 1\.5"):
+        RW.per_step_d_reward(jnp.zeros((T + 1, B)), discount=1.5)
     with pytest.raises(ValueError, match="same"):
         RW.l2_score(jnp.zeros((B, 4, 4, 1)), jnp.zeros((B, 4, 4, 3)))
     with pytest.raises(ValueError, match="target"):
@@ -367,3 +478,32 @@ def test_episode_rewards_pays_what_the_config_says(kind):
     plain = RW.episode_rewards(RW.RewardConfig(kind=kind, l2_pools=(1, 2)), traj,
                                jnp.asarray(target), d_score)
     np.testing.assert_allclose(np.asarray(plain), base, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["per_step_d", "l2_per_step"])
+def test_episode_rewards_per_step_kinds_use_the_configs_discount(kind):
+    """`episode_rewards` pays gamma * Phi(c_{t+1}) - Phi(c_t) with the return's own
+    gamma (`RewardConfig.discount`), so an episode's discounted return is
+    gamma^T Phi(final) - Phi(blank)."""
+    gamma = 0.9
+    traj, canvases, _, _ = _fake_trajectory()
+    target = np.random.default_rng(17).uniform(size=(B, 4, 4, 1)).astype(np.float32)
+
+    def d_score(c):  # a stand-in critic: the mean ink, any leading axes
+        return 1.0 - jnp.mean(c, axis=(-3, -2, -1))
+
+    cfg = RW.RewardConfig(kind=kind, discount=gamma, l2_pools=(1, 2))
+    got = np.asarray(RW.episode_rewards(cfg, traj, jnp.asarray(target), d_score))
+    c64 = canvases.astype(np.float64)
+    if kind == "per_step_d":
+        phi = 1.0 - c64.reshape(T + 1, B, -1).mean(-1)
+    else:
+        phi = -np.mean([_pooled_mse_numpy(c64, np.broadcast_to(target, c64.shape), f)
+                        for f in (1, 2)], axis=0)
+    np.testing.assert_allclose(got, gamma * phi[1:] - phi[:-1], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(_discounted_return(got, gamma), gamma**T * phi[-1] - phi[0],
+                               rtol=1e-4, atol=1e-6)
+    # Not the gamma-free difference that the default discount of 1 gives.
+    plain = RW.episode_rewards(RW.RewardConfig(kind=kind, l2_pools=(1, 2)), traj,
+                               jnp.asarray(target), d_score)
+    assert not np.allclose(got, np.asarray(plain), rtol=1e-3, atol=1e-4)

@@ -14,6 +14,7 @@ from spiral_jax.discriminator import DiscriminatorConfig
 from spiral_jax.envs.libmypaint import LibMyPaint
 from spiral_jax.experiment import section_defaults
 from spiral_jax.policy_learner import LearnerConfig
+from spiral_jax.population import PopulationConfig
 from spiral_jax.rewards import RewardConfig
 
 
@@ -52,4 +53,5 @@ def base_config() -> ml_collections.ConfigDict:
     c.disc_learner = section_defaults(DiscLearnerConfig)  # D's loss, optimiser, replay
     c.reward = section_defaults(RewardConfig)  # what the agent is paid
     c.learner = section_defaults(LearnerConfig)  # the policy's V-trace learner
+    c.population = section_defaults(PopulationConfig)  # members trained together, PBT
     return c

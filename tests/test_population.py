@@ -1,0 +1,155 @@
+"""A population trained as one program (`spiral_jax.population`): its config, the
+members' draws, truncation selection and explore against numpy references, and
+exploit/explore on a state; slow: a member's step in the vmapped population step
+equals the single agent's step with the member's hyperparameters."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from spiral_jax import population as P
+from spiral_jax import replay as replay_lib
+from spiral_jax.experiment import TrainState
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("size", 0, r"population\.size=0: must be an int >= 1"),
+    ("size", 2.0, r"population\.size=2\.0: must be an int >= 1"),
+    ("exploit_every", -1, r"population\.exploit_every=-1: must be an int >= 0"),
+    ("truncation", 0.6, r"population\.truncation=0\.6: must be in \(0, 0\.5\]"),
+    ("perturb", 0.9, r"population\.perturb=0\.9: must be >= 1"),
+    ("learning_rate_range", (3e-4, 1e-5), r"population\.learning_rate_range=.*low <= high"),
+    ("entropy_cost_range", (0.0, 0.1), r"population\.entropy_cost_range=.*0 < low"),
+    ("fitness", "reward", r"population\.fitness='reward': allowed"),
+    ("shared_disc", 1, r"population\.shared_disc=1: must be a bool"),
+])
+def test_bad_config_is_refused_in_one_line(field, value, message):
+    kwargs = {"size": 4, field: value}
+    with pytest.raises(ValueError, match=message):
+        P.PopulationConfig(**kwargs)
+
+
+def test_exploit_needs_two_members_and_json_lists_become_tuples():
+    with pytest.raises(ValueError, match=r"exploit_every=5 needs population\.size >= 2"):
+        P.PopulationConfig(size=1, exploit_every=5)
+    cfg = P.PopulationConfig(size=3, learning_rate_range=[1e-5, 1e-4])
+    assert cfg.learning_rate_range == (1e-5, 1e-4) and cfg.stacked
+    assert not P.PopulationConfig().stacked
+
+
+@pytest.mark.parametrize("size, truncation, replaced", [
+    (2, 0.25, 1), (4, 0.25, 1), (8, 0.25, 2), (10, 0.2, 2), (12, 0.5, 6),
+])
+def test_number_replaced(size, truncation, replaced):
+    assert P.PopulationConfig(size=size, truncation=truncation).num_replaced == replaced
+
+
+def test_members_are_drawn_log_uniformly_within_the_ranges():
+    cfg = P.PopulationConfig(size=4000)
+    members = jax.device_get(P.init_members(cfg, jax.random.PRNGKey(0)))
+    assert np.all(np.isinf(members["fitness"]))
+    for name, (low, high) in cfg.ranges().items():
+        x = members[name]
+        assert x.shape == (4000,) and x.dtype == np.float32
+        assert np.all((x >= low * (1 - 1e-6)) & (x <= high * (1 + 1e-6)))
+        # Log-uniform: log x is uniform on [log low, log high]; its quartiles say so.
+        u = (np.log(x) - np.log(low)) / (np.log(high) - np.log(low))
+        np.testing.assert_allclose(np.quantile(u, [0.25, 0.5, 0.75]), [0.25, 0.5, 0.75],
+                                   atol=0.03)
+
+
+def _selection_reference(fitness: np.ndarray, k: int) -> np.ndarray:
+    """Float64 numpy: the k worst take the k best's states, worst from best."""
+    order = sorted(range(len(fitness)), key=lambda i: (fitness[i], i))
+    best, worst = order[:k], order[::-1][:k]
+    sources = np.arange(len(fitness))
+    for w, b in zip(worst, best, strict=True):
+        sources[w] = b
+    return sources
+
+
+@pytest.mark.parametrize("size, k", [(2, 1), (4, 1), (8, 2), (9, 4)])
+def test_truncation_selection_matches_a_reference(size, k):
+    rng = np.random.default_rng(size)
+    for _ in range(20):
+        fitness = rng.normal(size=size)
+        got = np.asarray(P.selection(jnp.asarray(fitness, jnp.float32), k))
+        np.testing.assert_array_equal(got, _selection_reference(fitness, k))
+        # The best keep their own state; exactly k members are replaced.
+        assert np.sum(got != np.arange(size)) == k
+
+
+def test_explore_perturbs_only_the_copies_and_stays_in_range():
+    cfg = P.PopulationConfig(size=6, perturb=1.25, learning_rate_range=(1e-5, 1e-3),
+                             entropy_cost_range=(1e-3, 1e-1))
+    members = {"learning_rate": jnp.array([1e-4, 1e-4, 1e-3, 1e-5, 2e-4, 3e-4]),
+               "entropy_cost": jnp.array([1e-2, 1e-1, 1e-2, 1e-3, 5e-2, 1e-2]),
+               "fitness": jnp.arange(6.0)}
+    replaced = jnp.array([False, True, True, True, True, False])
+    seen_up = seen_down = False
+    for seed in range(8):
+        out = jax.device_get(P.explore(members, replaced, jax.random.PRNGKey(seed), cfg))
+        np.testing.assert_array_equal(out["fitness"], np.arange(6.0))
+        for name, (low, high) in cfg.ranges().items():
+            old, new = np.asarray(members[name], np.float64), out[name].astype(np.float64)
+            np.testing.assert_array_equal(new[[0, 5]], old[[0, 5]])
+            for i in (1, 2, 3, 4):
+                candidates = np.clip([old[i] * 1.25, old[i] / 1.25], low, high)
+                assert np.min(np.abs(candidates - new[i]) / old[i]) < 1e-6
+                seen_up |= bool(new[i] > old[i] * 1.1)
+                seen_down |= bool(new[i] < old[i] / 1.1)
+    assert seen_up and seen_down
+
+
+def _toy_state(size: int, shared_disc: bool) -> TrainState:
+    """A TrainState whose member leaves hold the member's index (a shared D: 7)."""
+    ids = jnp.arange(size, dtype=jnp.float32)
+
+    def per_member(shape):
+        return ids.reshape((size,) + (1,) * len(shape)) * jnp.ones((size,) + shape)
+
+    disc = (lambda shape: jnp.full(shape, 7.0)) if shared_disc else per_member
+    replay = replay_lib.Replay(canvases=per_member((3, 2, 2, 1)), targets=None,
+                               pointer=per_member(()), count=per_member(()))
+    members = {"learning_rate": 1e-4 * jnp.ones(size), "entropy_cost": 1e-2 * jnp.ones(size),
+               "fitness": jnp.array([3.0, 0.5, 2.0, 1.0][:size])}
+    return TrainState(
+        step=jnp.array(5), policy_params={"w": per_member((2, 3))},
+        policy_opt_state={"mu": per_member((2, 3))}, disc_params={"d": disc((4,))},
+        disc_spectral=None, disc_opt_state={"m": disc((4,))}, replay=replay,
+        policy_ema={"w": per_member((2, 3))}, members=members,
+    )
+
+
+@pytest.mark.parametrize("shared_disc", [True, False])
+def test_exploit_copies_the_whole_member_state_of_the_best_over_the_worst(shared_disc):
+    cfg = P.PopulationConfig(size=4, shared_disc=shared_disc, exploit_every=10)
+    state = _toy_state(4, shared_disc)
+    new, sources = P.make_exploit_explore(cfg)(state, jax.random.PRNGKey(0))
+    # Fitness [3, 0.5, 2, 1]: member 0 (worst) takes member 1's (best) state.
+    np.testing.assert_array_equal(np.asarray(sources), [1, 1, 2, 3])
+    want = np.array([1.0, 1.0, 2.0, 3.0])
+    for leaf in (new.policy_params["w"], new.policy_opt_state["mu"], new.policy_ema["w"],
+                 new.replay.canvases, new.replay.pointer):
+        np.testing.assert_array_equal(np.asarray(leaf).reshape(4, -1).max(axis=1), want)
+    if shared_disc:
+        np.testing.assert_array_equal(np.asarray(new.disc_params["d"]), np.full(4, 7.0))
+    else:
+        np.testing.assert_array_equal(np.asarray(new.disc_params["d"])[:, 0], want)
+    np.testing.assert_array_equal(np.asarray(new.members["fitness"]), [0.5, 0.5, 2.0, 1.0])
+    lr = np.asarray(new.members["learning_rate"])
+    np.testing.assert_allclose(lr[1:], 1e-4)
+    np.testing.assert_allclose(sorted([lr[0] / 1e-4, 1e-4 / lr[0]]), [1 / 1.2, 1.2], rtol=1e-5)
+    assert int(new.step) == 5
+
+
+def test_member_is_a_single_agents_state():
+    state = _toy_state(3, shared_disc=False)
+    m = P.member(state, 2, shared_disc=False)
+    assert m.members is None and m.policy_params["w"].shape == (2, 3)
+    np.testing.assert_array_equal(np.asarray(m.policy_params["w"]), np.full((2, 3), 2.0))
+    np.testing.assert_array_equal(np.asarray(m.disc_params["d"]), np.full(4, 2.0))
+    assert m.replay.canvases.shape == (3, 2, 2, 1) and int(m.replay.pointer) == 2
