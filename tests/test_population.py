@@ -153,3 +153,46 @@ def test_member_is_a_single_agents_state():
     np.testing.assert_array_equal(np.asarray(m.policy_params["w"]), np.full((2, 3), 2.0))
     np.testing.assert_array_equal(np.asarray(m.disc_params["d"]), np.full(4, 2.0))
     assert m.replay.canvases.shape == (3, 2, 2, 1) and int(m.replay.pointer) == 2
+
+
+@pytest.mark.slow
+def test_a_members_step_is_the_single_agents_step_with_its_hyperparameters():
+    """With a D per member, member i's part of the vmapped population step equals the
+    single-agent step from member i's state with key fold_in(key, i) and the config's
+    learning rate and entropy cost set to member i's."""
+    from experiments.configs import small
+    from spiral_jax import datasets as data_lib
+    from spiral_jax import experiment, train_step
+
+    dataset = data_lib.load("mnist5k", "train", image_size=16, channels=1, max_examples=256)
+    config = small.get_config()
+    config.disc_learner.updates_per_step = 1
+    config.learner.passes = 2
+    config.population.size = 2
+    config.population.shared_disc = False
+    exp = experiment.build(config, dataset=dataset)
+    state = exp.init_state(jax.random.PRNGKey(0))
+    members = jax.device_get(state.members)
+    singles = [jax.device_get(P.member(state, i, shared_disc=False)) for i in range(2)]
+    key = jax.random.PRNGKey(7)
+    new, metrics = train_step.make_train_step(exp)(state, key)
+    new, metrics = jax.device_get((new, metrics))
+
+    for i, single in enumerate(singles):
+        c = small.get_config()
+        c.disc_learner.updates_per_step = 1
+        c.learner.passes = 2
+        c.learner.learning_rate = float(members["learning_rate"][i])
+        c.learner.entropy_cost = float(members["entropy_cost"][i])
+        one = experiment.build(c, dataset=dataset)
+        want, want_metrics = train_step.make_train_step(one)(
+            one.place(single), jax.random.fold_in(key, i))
+        want, want_metrics = jax.device_get((want, want_metrics))
+        got = P.member(new, i, shared_disc=False)
+        for name in ("policy_params", "disc_params", "policy_ema"):
+            for g, w in zip(jax.tree.leaves(getattr(got, name)),
+                            jax.tree.leaves(getattr(want, name)), strict=True):
+                np.testing.assert_allclose(g, w, rtol=2e-4, atol=2e-6, err_msg=name)
+        np.testing.assert_array_equal(got.replay.canvases, want.replay.canvases)
+        for k, w in want_metrics.items():
+            np.testing.assert_allclose(metrics[k][i], w, rtol=2e-3, atol=1e-5, err_msg=k)

@@ -22,6 +22,7 @@ import pytest
 
 from experiments.configs import small
 from spiral_jax import datasets as data_lib
+from spiral_jax import evaluate as evaluate_lib
 from spiral_jax import experiment, rewards, train, train_step
 from spiral_jax.stops import TrainingFailure
 
@@ -125,6 +126,9 @@ CASES = {
                                pools=(1, 2, 4), scale=5.0, norm_entropy=True),
     "unconditional-recipe": dict(loss="wgan_gp", reward="terminal_d", standardize=True,
                                  d_updates=5, gp=10.0),
+    # SPIRAL++'s conditional agents: a complement D's per-step reward.
+    "spiral++-complement": dict(loss="gan", reward="per_step_d", discount=0.9,
+                                conditional=True, complement=True),
 }
 # Each case compiles its own step: all are slow (the default suite trains `small`
 # through the loop above and the average's test below).
@@ -144,6 +148,7 @@ def test_every_loss_and_reward_trains_without_nans(dataset, name):
     config.reward.stroke_penalty = o.get("stroke", 0.0)
     config.reward.empty_penalty = o.get("empty", 0.0)
     config.conditional = o.get("conditional", False)
+    config.disc.complement = o.get("complement", False)
     config.learner.passes = o.get("passes", 1)
     config.compute_dtype = o.get("dtype", "float32")
     config.reward.l2_pools = o.get("pools", (1,))
@@ -358,3 +363,47 @@ def test_command_line_rejects_bad_input_in_one_line_before_compiling(tmp_path, a
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and message in last, last
     assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
+
+
+@pytest.mark.slow
+def test_a_population_trains_exploits_resumes_and_evaluates_every_member(tmp_path):
+    """Two members sharing D, exploit/explore every 2 steps on the in-training Fréchet
+    distance: per-member records, PBT records, the fitness kept in the checkpoint
+    across a resume, and an evaluation that reports both and paints with the best."""
+    def config(steps):
+        c = _config(num_train_steps=steps, checkpoint_every=2, sample_every=2, log_every=1,
+                    eval_every=2, eval_episodes=16)
+        c.population.size = 2
+        c.population.exploit_every = 2
+        return c
+
+    first = train.train_and_evaluate(config(4), tmp_path)
+    members = jax.device_get(first.state.members)
+    assert members["learning_rate"].shape == (2,) and np.all(np.isfinite(members["fitness"]))
+    records = _records(tmp_path)
+    steps = [r for r in records if "episode_return/m1" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4]
+    last = steps[-1]
+    assert last["episode_return"] == pytest.approx(
+        (last["episode_return/m0"] + last["episode_return/m1"]) / 2, abs=1e-6)
+    assert {"learning_rate/m0", "entropy_cost/m1", "loop_overhead"} <= set(last)
+    pbt = [r for r in records if "source/m0" in r]
+    assert [r["step"] for r in pbt] == [2, 4]
+    for r in pbt:  # both now descend from the fitter (on a tie, from member 0)
+        better = 0 if r["fitness/m0"] <= r["fitness/m1"] else 1
+        assert r["source/m0"] == r["source/m1"] == better
+    evals = [r for r in records if "frechet_train/m1" in r]
+    assert all(r["frechet_train"] == min(r["frechet_train/m0"], r["frechet_train/m1"])
+               for r in evals)
+
+    second = train.train_and_evaluate(config(6), tmp_path)
+    assert second.step == 6
+    result = evaluate_lib.evaluate(tmp_path, num_episodes=16, batch_size=16, gif_episodes=2,
+                                   grid_samples=4)
+    pop = result["population"]
+    assert pop["size"] == 2 and len(pop["fitness"]) == 2
+    assert pop["best_member"] == int(np.argmin(pop["fitness"]))
+    assert {"agent_member_0", "agent_member_1"} <= set(result)
+    best = result[f"agent_member_{pop['best_member']}"]
+    assert best["frechet_distance"] == pytest.approx(result["agent"]["frechet_distance"])
+    assert "population member 1" in evaluate_lib.format_table(result)
