@@ -2,6 +2,7 @@ r"""Training frames per second against the number of (simulated) devices.
 
     python -m experiments.bench_train
     python -m experiments.bench_train --configs=mnist5k --devices=1,2,4 --steps=5
+    python -m experiments.bench_train --configs=mnist5k --devices=1 --population=1,2,4
 
 Each (config, device count) runs in its own process, because JAX fixes the device
 count when it starts: on a CPU, `--xla_force_host_platform_device_count=N` splits the
@@ -9,7 +10,9 @@ same cores into N simulated devices, so this shows that sharding works and what 
 costs, not a speed-up (that needs real accelerators). A frame is one environment step
 (one agent decision). The first step (compilation) is not timed. Each row gives train
 steps/s, frames/s, and the FLOP/s they make (XLA's cost analysis of the compiled step,
-per process).
+per process). With --population, each config also runs as populations of those sizes
+(`spiral_jax.population`, one vmapped step; --noshared_disc: a D per member): frames/s
+then count every member's, and "per member" divides by the size.
 
 `paper` is SPIRAL's network and 64x64 canvas (the `mnist` config) on the offline
 mnist5k data; `--paper_batch` shrinks its batch so that a CPU finishes.
@@ -28,6 +31,8 @@ _CONFIGS = flags.DEFINE_list("configs", ["small", "mnist5k", "paper"], "Configs 
 _DEVICES = flags.DEFINE_list("devices", ["1", "2", "4"], "Simulated device counts.")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed train steps per run.")
 _PAPER_BATCH = flags.DEFINE_integer("paper_batch", 16, "Batch of the paper-sized run (0: 64).")
+_POPULATION = flags.DEFINE_list("population", ["1"], "Population sizes to time.")
+_SHARED_DISC = flags.DEFINE_bool("shared_disc", True, "A population shares one D.")
 
 _CHILD = r"""
 import json, sys, time
@@ -35,6 +40,7 @@ import jax
 from experiments.configs import mnist, mnist5k, small
 from spiral_jax import experiment, train_step
 name, steps, paper_batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+population, shared_disc = int(sys.argv[4]), sys.argv[5] == "1"
 if name == "paper":
     config = mnist.get_config()
     config.dataset = "mnist5k"
@@ -43,6 +49,8 @@ if name == "paper":
         config.batch_size = paper_batch
 else:
     config = {"small": small, "mnist5k": mnist5k}[name].get_config()
+config.population.size = population
+config.population.shared_disc = shared_disc
 exp = experiment.build(config)
 state = exp.init_state(jax.random.PRNGKey(0))
 step = train_step.make_train_step(exp)
@@ -66,39 +74,44 @@ print(json.dumps(dict(
 """
 
 
-def run_one(name: str, devices: int, steps: int, paper_batch: int) -> dict:
+def run_one(name: str, devices: int, steps: int, paper_batch: int, population: int = 1,
+            shared_disc: bool = True) -> dict:
     env = dict(os.environ)
     flags_ = env.get("XLA_FLAGS", "")
     env["XLA_FLAGS"] = f"{flags_} --xla_force_host_platform_device_count={devices}".strip()
     out = subprocess.run(
-        [sys.executable, "-c", _CHILD, name, str(steps), str(paper_batch)],
+        [sys.executable, "-c", _CHILD, name, str(steps), str(paper_batch), str(population),
+         str(int(shared_disc))],
         env=env, capture_output=True, text=True, check=False,
     )
     if out.returncode != 0:
         raise RuntimeError(f"{name} on {devices} devices failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return {**json.loads(out.stdout.strip().splitlines()[-1]), "population": population}
 
 
 def main(argv):
     del argv
     print(f"{os.cpu_count()} CPU cores; {_STEPS.value} timed steps per run")
     print(
-        "| config | devices | batch | frames/step | compile s | steps/s | frames/s "
-        "| GFLOP/s | vs 1 device |"
+        "| config | devices | population | batch | frames/step | compile s | steps/s "
+        "| frames/s | per member | GFLOP/s | vs first row |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name in _CONFIGS.value:
         base = None
         for devices in (int(d) for d in _DEVICES.value):
-            r = run_one(name, devices, _STEPS.value, _PAPER_BATCH.value)
-            base = base or r["fps"]
-            print(
-                f"| {name} | {r['devices']} ({r['platform']}) | {r['batch']} | "
-                f"{r['frames_per_step']} | {r['compile_s']:.0f} | {r['steps_per_s']:.2f} | "
-                f"{r['fps']:,.0f} | {r['gflops']:.0f} | "
-                f"{r['fps'] / base:.2f}x |",
-                flush=True,
-            )
+            for size in (int(n) for n in _POPULATION.value):
+                r = run_one(name, devices, _STEPS.value, _PAPER_BATCH.value, size,
+                            _SHARED_DISC.value)
+                per_member = r["fps"] / size
+                base = base or per_member
+                print(
+                    f"| {name} | {r['devices']} ({r['platform']}) | {size} | {r['batch']} | "
+                    f"{r['frames_per_step']} | {r['compile_s']:.0f} | "
+                    f"{r['steps_per_s']:.2f} | {r['fps']:,.0f} | {per_member:,.0f} | "
+                    f"{r['gflops']:.0f} | {per_member / base:.2f}x |",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":
