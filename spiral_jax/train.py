@@ -37,6 +37,7 @@ from spiral_jax.image_grid import make_grid
 from spiral_jax.population_loop import (
     PopulationLoop,
     best_member,
+    fitness_kind,
     member_hparams,
     member_scalars,
     with_fitness,
@@ -99,6 +100,8 @@ def train_and_evaluate(
         raise ConfigError(f"max_minutes={max_minutes!r} must be a number >= 0 (0 = no limit)")
     evaluates = check_eval_config(config)
     exp = experiment.build(config)
+    if exp.population.stacked:
+        fitness_kind(exp, evaluates)  # a fitness the run cannot measure: refused now
     path = workdir_lib.check(workdir)
     mngr = checkpoints.manager(path, config.keep_checkpoints)
     try:

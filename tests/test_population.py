@@ -196,3 +196,31 @@ def test_a_members_step_is_the_single_agents_step_with_its_hyperparameters():
         np.testing.assert_array_equal(got.replay.canvases, want.replay.canvases)
         for k, w in want_metrics.items():
             np.testing.assert_allclose(metrics[k][i], w, rtol=2e-3, atol=1e-5, err_msg=k)
+
+
+@pytest.mark.parametrize("fitness, conditional, evaluates, want", [
+    ("auto", False, True, "frechet"), ("auto", True, False, "l2"),
+    ("auto", False, False, "d_score"), ("d_score", True, False, "d_score"),
+    ("frechet", False, False, None), ("l2", False, True, None),
+])
+def test_fitness_kind_by_run_and_refusals(fitness, conditional, evaluates, want):
+    import types
+
+    from spiral_jax.experiment import ConfigError
+    from spiral_jax.population_loop import fitness_kind
+
+    exp = types.SimpleNamespace(
+        population=P.PopulationConfig(size=2, fitness=fitness),
+        config=types.SimpleNamespace(conditional=conditional))
+    if want is None:
+        with pytest.raises(ConfigError, match=f"population.fitness='{fitness}' needs"):
+            fitness_kind(exp, evaluates)
+    else:
+        assert fitness_kind(exp, evaluates) == want
+
+
+def test_member_scalars_are_the_mean_and_each_member():
+    from spiral_jax.population_loop import member_scalars
+
+    out = member_scalars({"loss": jnp.array([1.0, 2.0, 6.0])})
+    assert out == {"loss": 3.0, "loss/m0": 1.0, "loss/m1": 2.0, "loss/m2": 6.0}
