@@ -27,7 +27,9 @@ import sys
 
 from absl import app, flags
 
-_CONFIGS = flags.DEFINE_list("configs", ["small", "mnist5k", "paper"], "Configs to time.")
+_CONFIGS = flags.DEFINE_list(
+    "configs", ["small", "mnist5k", "paper"],
+    "Configs to time: names in experiments/configs, or paper (see above).")
 _DEVICES = flags.DEFINE_list("devices", ["1", "2", "4"], "Simulated device counts.")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed train steps per run.")
 _PAPER_BATCH = flags.DEFINE_integer("paper_batch", 16, "Batch of the paper-sized run (0: 64).")
@@ -35,9 +37,9 @@ _POPULATION = flags.DEFINE_list("population", ["1"], "Population sizes to time."
 _SHARED_DISC = flags.DEFINE_bool("shared_disc", True, "A population shares one D.")
 
 _CHILD = r"""
-import json, sys, time
+import importlib, json, sys, time
 import jax
-from experiments.configs import mnist, mnist5k, small
+from experiments.configs import mnist
 from spiral_jax import experiment, train_step
 name, steps, paper_batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 population, shared_disc = int(sys.argv[4]), sys.argv[5] == "1"
@@ -48,7 +50,7 @@ if name == "paper":
     if paper_batch:
         config.batch_size = paper_batch
 else:
-    config = {"small": small, "mnist5k": mnist5k}[name].get_config()
+    config = importlib.import_module(f"experiments.configs.{name}").get_config()
 config.population.size = population
 config.population.shared_disc = shared_disc
 exp = experiment.build(config)

@@ -14,6 +14,12 @@ writes to `workdir`:
   distance so far;
 * `config.json`: the config, for `spiral_jax.evaluate`.
 
+A population (`config.population.size` > 1) logs the members' mean and each member's
+metrics, and every `population.exploit_every` steps runs PBT's exploit/explore on their
+fitness (`spiral_jax.population_loop`); samples and the best checkpoint's figure are
+its fittest member's. Each metrics record carries `loop_overhead`, the share of wall
+time spent between steps.
+
 Step t's PRNG key is `fold_in(PRNGKey(config.seed), t)`, so a resumed run draws the
 randomness it would have drawn uninterrupted.
 """
