@@ -32,6 +32,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from spiral_jax import agent as agent_lib
 from spiral_jax import checkpoints as checkpoints_lib
 from spiral_jax import datasets as data_lib
 from spiral_jax import (
@@ -121,8 +122,8 @@ def prepare(workdir: pathlib.Path, target: str | None, num: int
 
 def load(workdir: pathlib.Path, step: int | None, folder: str) -> evaluate.Run:
     """The run restored at `step` (latest when None), without its training images; for
-    a pretrained agent (`folder` is `pretrained.PARAMS`), its experiment with the
-    parameters it paints with (the rest of its state is freshly initialised and unused)."""
+    a pretrained agent (`folder` is `pretrained.PARAMS`), its experiment and a state
+    that holds only the parameters it paints with."""
     config = evaluate.load_config(workdir)
     shape = canvas_shape(config)
     placeholder = data_lib.ImageDataset(  # one white image per device
@@ -131,11 +132,14 @@ def load(workdir: pathlib.Path, step: int | None, folder: str) -> evaluate.Run:
     if folder != pretrained.PARAMS:
         return evaluate.load_run(workdir, step, folder, dataset=placeholder)
     exp = experiment.build(config, dataset=placeholder)
-    like = exp.init_state(jax.random.PRNGKey(config.seed))
-    params = pretrained.load_params(workdir, like.policy_params)
-    state = like.replace(policy_params=params, policy_ema=None)
-    return evaluate.Run(workdir, config, exp, state, pretrained.read_info(workdir)["step"],
-                        folder)
+    # The parameters' structure and shapes: the agent's alone, not a whole TrainState.
+    like = agent_lib.init_params(exp.agent, jax.random.PRNGKey(0), exp.env.observation_shape)
+    params = pretrained.load_params(workdir, like)
+    step = pretrained.read_info(workdir)["step"]
+    state = experiment.TrainState(
+        step=np.int32(step), policy_params=params, policy_opt_state=None, disc_params=None,
+        disc_spectral=None, disc_opt_state=None, replay=None)
+    return evaluate.Run(workdir, config, exp, state, step, folder)
 
 
 def paint(run: evaluate.Run, targets: np.ndarray | None, num: int, seed: int,
