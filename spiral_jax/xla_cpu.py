@@ -44,9 +44,8 @@ _CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_IND
 
 # mallopt parameters (glibc's malloc.h).
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
-# Free memory at the top of the heap is returned to the OS only beyond this: 2 GiB, the
-# largest mallopt takes (an int).
-_TRIM_THRESHOLD = 2**31 - 1
+# -1: never return free memory at the top of the heap to the OS (mallopt(3)).
+_NO_TRIM = -1
 
 
 @functools.cache
@@ -63,7 +62,7 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):  # not glibc (macOS, musl without it)
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
+    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, _NO_TRIM))
 
 
 @functools.cache
