@@ -15,20 +15,10 @@ over the batch (the gradients of values broadcast over it) are slower than XLA's
 The options apply only to what spiral-jax compiles itself; on other backends, with a
 jaxlib that does not know the option (checked once, by compiling a trivial function),
 or when XLA_FLAGS sets it, `jit` is plain `jax.jit`.
-
-The allocator. XLA's CPU runtime allocates each call's temporary buffers (843 MB for
-the paper agent's learner at batch 16) with malloc and frees them at the end of the
-call. glibc serves blocks that large with fresh mmaps and unmaps them on free, so every
-call page-faults its whole working set again (measured in docs/speed.md: ~10-20 % of
-the learner's time). `keep_freed_memory` tells glibc (mallopt) to serve them from its
-heap and keep freed memory for reuse; the first `jit` on a CPU calls it. A process then
-holds on to its peak memory. SPIRAL_JAX_KEEP_FREED_MEMORY=0 leaves malloc as it is.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import functools
 import os
 from collections.abc import Callable
@@ -42,36 +32,11 @@ from absl import logging
 _CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
 
 
-# mallopt parameters (glibc's malloc.h).
-_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
-# -1: never return free memory at the top of the heap to the OS (mallopt(3)).
-_NO_TRIM = -1
-
-
-@functools.cache
-def keep_freed_memory() -> bool:
-    """On glibc, serves every allocation from malloc's heap (no per-block mmap) and
-    keeps freed memory for reuse, so that XLA's per-call temporaries are not faulted in
-    afresh on every call. Returns whether it did; off with
-    SPIRAL_JAX_KEEP_FREED_MEMORY=0, and a no-op where libc has no mallopt."""
-    if os.environ.get("SPIRAL_JAX_KEEP_FREED_MEMORY", "1") == "0":
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc (macOS, musl without it)
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, _NO_TRIM))
-
-
 @functools.cache
 def compiler_options() -> dict[str, str]:
-    """The XLA options `jit` adds on this process's default backend ({} if none). On a
-    CPU it also calls `keep_freed_memory`."""
+    """The XLA options `jit` adds on this process's default backend ({} if none)."""
     if jax.default_backend() != "cpu":
         return {}
-    keep_freed_memory()
     if any(name in os.environ.get("XLA_FLAGS", "") for name in _CPU_OPTIONS):
         return {}  # the user chose: XLA_FLAGS wins
     try:

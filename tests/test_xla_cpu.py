@@ -43,37 +43,3 @@ def test_jit_computes_what_jax_jit_does_and_passes_its_arguments():
     plain = xla_cpu.jit(lambda x: x + 1, compiler_options={
         "xla_cpu_experimental_ynn_fusion_type": ""})
     np.testing.assert_array_equal(plain(jnp.arange(3.0)), [1.0, 2.0, 3.0])
-
-
-_ALLOCATOR = """
-import ctypes, ctypes.util, json, platform
-from spiral_jax import xla_cpu
-import jax.numpy as jnp
-kept = xla_cpu.keep_freed_memory()
-y = xla_cpu.jit(lambda x: x * 2)(jnp.ones(4))  # still computes
-print(json.dumps({"kept": kept, "glibc": platform.libc_ver()[0] == "glibc",
-                  "sum": float(y.sum())}))
-"""
-
-
-@pytest.mark.parametrize("setting, expect_kept", [(None, True), ("0", False)])
-def test_keep_freed_memory_is_set_on_glibc_unless_turned_off(setting, expect_kept):
-    """A fresh process: glibc takes the mallopt settings (mallopt returns 1), and
-    SPIRAL_JAX_KEEP_FREED_MEMORY=0 leaves malloc alone."""
-    import json
-    import os
-    import subprocess
-    import sys
-
-    env = dict(os.environ)
-    env.pop("SPIRAL_JAX_KEEP_FREED_MEMORY", None)
-    if setting is not None:
-        env["SPIRAL_JAX_KEEP_FREED_MEMORY"] = setting
-    out = subprocess.run([sys.executable, "-c", _ALLOCATOR], env=env, capture_output=True,
-                         text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result["sum"] == 8.0
-    if not result["glibc"]:
-        pytest.skip("mallopt is glibc's")
-    assert result["kept"] is expect_kept
