@@ -32,8 +32,9 @@ BEST_CHECKPOINTS = "best_checkpoints"
 FOLDERS = (CHECKPOINTS, BEST_CHECKPOINTS)
 CORRUPT = "corrupt_checkpoints"  # where checkpoints that fail to verify are moved
 
-# Fields added to TrainState after checkpoints were first written, with the value that
-# means "not kept": a checkpoint without the field restores it as that value.
+# Fields added to TrainState after checkpoints were first written, in the order they
+# were added, with the value that means "not kept": a checkpoint without the field
+# restores it as that value.
 _ADDED_FIELDS = {"policy_ema": None, "members": None}
 
 
@@ -171,14 +172,19 @@ def restore_state(mngr: ocp.CheckpointManager, step: int, like: TrainState) -> T
         absent = {k: v for k, v in _ADDED_FIELDS.items() if getattr(like, k) is v}
         if not absent:
             raise
-        # Written before these fields existed: restore the others by name.
-        target = {f.name: getattr(abstract, f.name) for f in dataclasses.fields(abstract)
-                  if f.name not in absent}
-        try:
-            restored = mngr.restore(step, args=ocp.args.StandardRestore(target))
-        except ValueError:
-            raise error from None
-        return TrainState(**restored, **absent)
+        # Written before some of these fields existed: restore the others by name,
+        # trying the fields added last first (a checkpoint lacks a suffix of them).
+        names = list(absent)
+        for k in range(len(names) - 1, -1, -1):
+            missing = {n: absent[n] for n in names[k:]}
+            target = {f.name: getattr(abstract, f.name) for f in dataclasses.fields(abstract)
+                      if f.name not in missing}
+            try:
+                restored = mngr.restore(step, args=ocp.args.StandardRestore(target))
+            except ValueError:
+                continue
+            return TrainState(**restored, **missing)
+        raise error from None
 
 
 def _check_layout(mngr: ocp.CheckpointManager, step: int, like: TrainState) -> None:

@@ -58,13 +58,23 @@ def test_a_state_restores_as_saved(dataset, tmp_path, ema_decay):
 def test_a_checkpoint_from_before_the_average_restores_without_one(dataset, tmp_path):
     exp = _experiment(dataset, 0.0)
     saved = exp.init_state(jax.random.PRNGKey(1))
-    # What older versions wrote: every field but policy_ema, stored by name.
+    # What older versions wrote: every field but policy_ema (and members, added later),
+    # stored by name.
     old = {f.name: getattr(saved, f.name) for f in dataclasses.fields(saved)
-           if f.name != "policy_ema"}
+           if f.name not in ("policy_ema", "members")}
     mngr = _save(tmp_path / "old", 3, old)
     restored = checkpoints.restore_state(mngr, 3, exp.init_state(jax.random.PRNGKey(2)))
     assert isinstance(restored, experiment.TrainState) and restored.policy_ema is None
     _assert_same(saved, restored)
+    # The version before populations: policy_ema kept, no members field.
+    averaged = _experiment(dataset, 0.9)
+    with_ema = averaged.init_state(jax.random.PRNGKey(1))
+    mid = {f.name: getattr(with_ema, f.name) for f in dataclasses.fields(with_ema)
+           if f.name != "members"}
+    mid_mngr = _save(tmp_path / "mid", 4, mid)
+    restored = checkpoints.restore_state(mid_mngr, 4, averaged.init_state(jax.random.PRNGKey(2)))
+    assert restored.members is None and restored.policy_ema is not None
+    _assert_same(with_ema, restored)
     # A run that keeps an average cannot make one up from such a checkpoint.
     like = _experiment(dataset, 0.9).init_state(jax.random.PRNGKey(2))
     with pytest.raises(ValueError):
