@@ -65,21 +65,28 @@ def test_per_step_reward_telescopes_within_each_episode_of_a_continuing_unroll()
     tt = valid.shape[0]
     s = rng.normal(size=(tt + 1, B))
     r = np.asarray(RW.per_step_d_reward(jnp.asarray(s, jnp.float32), jnp.asarray(valid)))
-    # Python reference: walk each env's episodes; the rewards of one episode sum to
-    # s(its LAST observation) - s(its FIRST observation); the dummy steps get 0.
-    checked = 0
-    for b in range(B):
+    # Python reference: the rewards of one episode sum to s(its LAST observation) -
+    # s(its FIRST observation); the dummy steps get 0.
+    episodes = _episodes(st)
+    for b, start, t in episodes:
+        assert r[start:t, b].sum() == pytest.approx(s[t, b] - s[start, b], abs=1e-5)
+        if t < tt:
+            assert r[t, b] == 0.0  # the dummy action at LAST
+    assert len(episodes) >= 2 * B
+
+
+def _episodes(st: np.ndarray) -> list[tuple[int, int, int]]:
+    """(env b, FIRST index, LAST index) of every whole episode in step types [T + 1, B]."""
+    out = []
+    for b in range(st.shape[1]):
         start = None
-        for t in range(tt + 1):
+        for t in range(st.shape[0]):
             if st[t, b] == FIRST:
                 start = t
             if st[t, b] == LAST and start is not None:
-                assert r[start:t, b].sum() == pytest.approx(s[t, b] - s[start, b], abs=1e-5)
-                if t < tt:
-                    assert r[t, b] == 0.0  # the dummy action at LAST
+                out.append((b, start, t))
                 start = None
-                checked += 1
-    assert checked >= 2 * B
+    return out
 
 
 def _discounted_return(r: np.ndarray, gamma: float) -> np.ndarray:
@@ -174,21 +181,13 @@ def test_discounted_per_step_reward_is_potential_based_within_each_episode_of_an
     tt = valid.shape[0]
     s = np.random.default_rng(16).normal(size=(tt + 1, B)).astype(np.float32)
     r = np.asarray(RW.per_step_d_reward(jnp.asarray(s), jnp.asarray(valid), discount=gamma))
-    checked = 0
-    for b in range(B):
-        start = None
-        for t in range(tt + 1):
-            if st[t, b] == FIRST:
-                start = t
-            if st[t, b] == LAST and start is not None:
-                ret = _discounted_return(r[start:t, b:b + 1], gamma)[0]
-                assert ret == pytest.approx(gamma ** (t - start) * s[t, b] - s[start, b],
-                                            abs=1e-5)
-                if t < tt:
-                    assert r[t, b] == 0.0  # the dummy action at LAST
-                start = None
-                checked += 1
-    assert checked >= 2 * B
+    episodes = _episodes(st)
+    for b, start, t in episodes:
+        ret = _discounted_return(r[start:t, b:b + 1], gamma)[0]
+        assert ret == pytest.approx(gamma ** (t - start) * s[t, b] - s[start, b], abs=1e-5)
+        if t < tt:
+            assert r[t, b] == 0.0  # the dummy action at LAST
+    assert len(episodes) >= 2 * B
 
 
 def test_l2_rewards_match_numpy_and_telescope():
