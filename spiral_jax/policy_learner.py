@@ -33,6 +33,10 @@ class LearnerConfig:
     """The policy's optimiser and loss; `config.learner` holds these fields."""
 
     learning_rate: float = 1e-4  # Adam (SPIRAL: PBT over 1e-5..3e-4)
+    # Cosine-decay the learning rate to 0 over this many train steps, then hold it at 0
+    # (0 = constant). Setting it to the run's length lets the policy and its average
+    # settle by the last checkpoint instead of stopping mid-swing.
+    lr_decay_steps: int = 0
     b1: float = 0.5  # Adam's beta1 (SPIRAL)
     b2: float = 0.999  # Adam's beta2
     eps: float = 1e-8  # Adam's epsilon
@@ -59,6 +63,10 @@ class LearnerConfig:
         check_adam("learner", self.learning_rate, self.b1, self.b2, self.eps)
         if isinstance(self.passes, bool) or not isinstance(self.passes, int) or self.passes < 1:
             raise ValueError(f"learner.passes={self.passes!r}: must be an int >= 1")
+        if (isinstance(self.lr_decay_steps, bool) or not isinstance(self.lr_decay_steps, int)
+                or self.lr_decay_steps < 0):
+            raise ValueError(f"learner.lr_decay_steps={self.lr_decay_steps!r}: must be an int"
+                             " >= 0 (0 = a constant learning rate)")
         for name, low in (("max_grad_norm", 0.0), ("clip_rho_threshold", 0.0),
                           ("clip_pg_rho_threshold", 0.0)):
             value = getattr(self, name)
@@ -75,10 +83,19 @@ class LearnerConfig:
             )
 
 
+def learning_rate(cfg: LearnerConfig) -> float | optax.Schedule:
+    """The configured rate, or with `lr_decay_steps` a cosine decay to 0 over that many
+    train steps. The schedule counts Adam's updates, `passes` per train step (a skipped,
+    non-finite update does not count)."""
+    if not cfg.lr_decay_steps:
+        return cfg.learning_rate
+    return optax.cosine_decay_schedule(cfg.learning_rate, cfg.lr_decay_steps * cfg.passes)
+
+
 def make_optimizer(cfg: LearnerConfig) -> optax.GradientTransformation:
     """Adam after clipping by global norm; an update whose gradients are not finite is
     skipped, leaving parameters and Adam's moments as they were (`skip_nonfinite`)."""
-    adam = optax.adam(cfg.learning_rate, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
+    adam = optax.adam(learning_rate(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
     return skip_nonfinite(optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), adam))
 
 

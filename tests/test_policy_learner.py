@@ -35,12 +35,40 @@ from spiral_jax.types import FIRST, LAST, MID
         ("baseline_cost", -1, r"learner\.baseline_cost=-1: must be >= 0"),
         ("ema_decay", 1.0, r"learner\.ema_decay=1\.0: must be in \[0, 1\)"),
         ("ema_decay", -0.5, r"learner\.ema_decay=-0\.5: must be in \[0, 1\)"),
+        ("lr_decay_steps", -1, r"learner\.lr_decay_steps=-1: must be an int >= 0"),
+        ("lr_decay_steps", 10.5, r"learner\.lr_decay_steps=10\.5: must be an int >= 0"),
     ],
 )
 def test_config_raises_one_line_naming_field_and_value(field, value, message):
     with pytest.raises(ValueError, match=message) as err:
         PL.LearnerConfig(**{field: value})
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("passes", [1, 2])
+def test_learning_rate_decays_as_a_cosine_over_train_steps(passes):
+    """With a constant gradient, Adam's bias-corrected step is the learning rate itself
+    (up to epsilon), so each update's size reads the schedule off: 0.5 lr (1 + cos(pi k /
+    N)) at update k of N = lr_decay_steps * passes, and 0 from then on."""
+    lr, steps = 3e-3, 5
+    cfg = PL.LearnerConfig(learning_rate=lr, lr_decay_steps=steps, passes=passes, eps=1e-12,
+                           max_grad_norm=1e6)
+    opt = PL.make_optimizer(cfg)
+    params = {"w": jnp.zeros(3)}
+    grads = {"w": jnp.array([0.5, -2.0, 1.0])}
+    state = opt.init(params)
+    total = steps * passes
+    for k in range(total + 3):
+        updates, state = opt.update(grads, state, params)
+        want = 0.5 * lr * (1 + np.cos(np.pi * min(k, total) / total))
+        np.testing.assert_allclose(np.asarray(updates["w"]), -want * np.sign([0.5, -2.0, 1.0]),
+                                   rtol=1e-5, atol=1e-12)
+    constant = PL.make_optimizer(PL.LearnerConfig(learning_rate=lr, eps=1e-12))
+    cstate = constant.init(params)
+    for _ in range(total + 3):
+        updates, cstate = constant.update(grads, cstate, params)
+    np.testing.assert_allclose(np.asarray(updates["w"]), -lr * np.sign([0.5, -2.0, 1.0]),
+                               rtol=1e-5)
 
 
 def test_config_defaults():
