@@ -1,7 +1,7 @@
 """What a training run writes besides checkpoints: scalars to `metrics.jsonl` and
 TensorBoard, the loop's timing to `timing.jsonl` and TensorBoard, sample grids to PNG
-files and TensorBoard. Only the chief process (index
-0) writes; on the others every method does nothing.
+files and TensorBoard. Only the chief process (index 0) writes; on the others every
+method does nothing.
 
 Everything goes through `etils.epath`, so a workdir in a bucket (`gs://...`) works like
 a local one: tensorboardX's own bucket writers are replaced, for the workdir's scheme,

@@ -221,10 +221,9 @@ class Outputs:
     finished and before the next was dispatched (logging, evaluation, pictures,
     checkpoint saves, exploit steps). With each metrics record, `timing.jsonl` gets the
     fraction of wall time since the previous record spent so (``loop_overhead``), and
-    `close` prints
-    the whole run's. Asynchronous checkpoint writes that overlap the next steps are
-    not in it: they show as slower steps (`experiments.bench_train` gives the bare
-    step's rate to compare with)."""
+    `close` prints the whole run's. Asynchronous checkpoint writes that overlap the next
+    steps are not in it: they show as slower steps (`experiments.bench_train` gives the
+    bare step's rate to compare with)."""
 
     def __init__(self, exp: Experiment, workdir: epath.Path, start_step: int,
                  frechet: FrechetToTrainingDigits | None,

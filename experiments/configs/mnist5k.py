@@ -6,9 +6,9 @@ settings: a 32x32 canvas with a 16x16 grid, 9 strokes of radius 1-2, a small age
 D; a WGAN-GP critic trained 5 times per step whose scores are standardised before they
 become rewards; a larger, normalised entropy bonus; two policy passes per rollout; and
 a moving average of the policy's parameters for samples and evaluation; 3,000 steps
-(about 30 minutes on 2 cores, 55 on one), with the policy's learning rate cosine-decayed
-to 0 over them so that the last checkpoint is a settled agent. Why each, with
-the trials behind it: docs/results.md.
+(about 30 minutes at the 1.8 steps/s of earlier 2-core runs), with the policy's
+learning rate cosine-decayed to 0 over them so that the last checkpoint is a settled
+agent. Why each, with the trials behind it: docs/results.md.
 """
 
 from experiments.configs import common

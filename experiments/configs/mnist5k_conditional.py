@@ -4,11 +4,10 @@ Conditional mnist5k: the agent sees a digit and paints it, rewarded by L2.
 Everything of `mnist5k` (canvas, brush, networks, normalised entropy, two passes), with
 a potential-based per-step L2 reward (γ = 1) averaged over average-pooled scales 1,
 2, 4 and 8 so that a stroke near the ink already pays, scaled by 5; entropy cost 0.01;
-gradients clipped at 0.5; the policy's
-learning rate 3e-4, cosine-decayed to 0 over 2,800 steps; V-trace's λ 0.8; a parameter
-average with decay 0.995. The discriminator is still
-trained on (target, canvas) pairs, once per step, but gives no reward. Why each, with
-the trials behind it: docs/results.md.
+gradients clipped at 0.5; the policy's learning rate 3e-4, cosine-decayed to 0 over
+2,800 steps; V-trace's λ 0.8; a parameter average with decay 0.995. The discriminator
+is still trained on (target, canvas) pairs, once per step, but gives no reward. Why
+each, with the trials behind it: docs/results.md.
 """
 
 from experiments.configs import mnist5k
