@@ -41,7 +41,7 @@ from spiral_jax import discriminator as disc_lib
 from spiral_jax import population as population_lib
 from spiral_jax import replay as replay_lib
 from spiral_jax.rewards import RewardConfig, check_pools
-from spiral_jax.sharding import AXIS, make_mesh
+from spiral_jax.sharding import AXIS, MEMBERS, axis_size, make_mesh, member_axis
 from spiral_jax.types import Array, check_compute_dtype, is_int
 
 # Top-level fields shared by several constructors, not set in their sections.
@@ -115,7 +115,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
     if config.batch_size < 1 or config.batch_size % num_devices:
         raise ConfigError(
             f"batch_size={config.batch_size} must be a positive multiple of the number of "
-            f"devices ({num_devices})"
+            f"devices splitting it ({num_devices})"
         )
     if config.reward.kind.startswith("l2") and not config.conditional:
         raise ConfigError(
@@ -148,6 +148,17 @@ class Experiment:
     @property
     def num_devices(self) -> int:
         return int(self.mesh.devices.size)
+
+    @property
+    def member_axis(self) -> str | None:
+        """The mesh axis a population's members are split over (None: not split)."""
+        return member_axis(self.mesh) if self.population.stacked else None
+
+    @property
+    def member_shards(self) -> int:
+        """Device groups a population's members are split over (1: every device holds
+        every member)."""
+        return axis_size(self.mesh, self.member_axis)
 
     @property
     def batch_size(self) -> int:
@@ -199,17 +210,30 @@ class Experiment:
         return state
 
     def state_specs(self, state: TrainState) -> TrainState:
-        """PartitionSpecs of a state: replicated, but the replay sharded over AXIS
-        (each device keeps the canvases it painted; a population's on its second axis)."""
+        """PartitionSpecs of a state: replicated, but the replay sharded over AXIS (each
+        device keeps the canvases it painted) and a population's parameters, optimiser
+        states and replay over the member axis (each device group holds its own)."""
+        if not self.population.stacked:
+            replay = state.replay
+            return jax.tree.map(lambda _: P(), state.replace(replay=None)).replace(
+                replay=replay.replace(
+                    canvases=P(AXIS), targets=None if replay.targets is None else P(AXIS),
+                    pointer=P(), count=P(),
+                )
+            )
+        m = self.member_axis
+        # The members' hyperparameters and fitness stay on every device (a few floats
+        # that every process reads).
+        fields = set(population_lib.member_fields(self.population.shared_disc)) - {"members"}
+        specs = {f.name: jax.tree.map(lambda _, n=f.name: P(m) if n in fields else P(),
+                                      getattr(state, f.name))
+                 for f in dataclasses.fields(state)}
         replay = state.replay
-        slots = P(None, AXIS) if self.population.stacked else P(AXIS)
-        replay_spec = replay_lib.Replay(
-            canvases=slots, targets=None if replay.targets is None else slots,
-            pointer=P(), count=P(),
+        specs["replay"] = replay.replace(
+            canvases=P(m, AXIS), targets=None if replay.targets is None else P(m, AXIS),
+            pointer=P(m), count=P(m),
         )
-        return jax.tree.map(lambda _: P(), state.replace(replay=None)).replace(
-            replay=replay_spec
-        )
+        return state.replace(**specs)
 
     def place(self, state: TrainState) -> TrainState:
         """Puts a (host or device) state on the mesh, as `state_specs` says."""
@@ -254,8 +278,9 @@ def build(
 
     `dataset` replaces the config's training images (tests pass a small one).
     """
-    mesh = make_mesh() if mesh is None else mesh
     try:
+        if mesh is None:
+            mesh = make_mesh(member_shards=_member_shards(config, jax.device_count()))
         return _build(config, mesh, dataset)
     except ConfigError:
         raise
@@ -263,9 +288,17 @@ def build(
         raise ConfigError(str(e)) from e
 
 
+def _member_shards(config: ml_collections.ConfigDict, num_devices: int) -> int:
+    """Device groups the config's population splits over (1 for a single agent)."""
+    if "population" not in config or config.population.size <= 1:
+        return 1
+    return construct(population_lib.PopulationConfig, config, "population").shards(
+        num_devices)
+
+
 def _build(config: ml_collections.ConfigDict, mesh: Mesh,
            dataset: data_lib.ImageDataset | None) -> Experiment:
-    validate_config(config, int(mesh.devices.size))
+    validate_config(config, axis_size(mesh, AXIS))
     shared = dict(conditional=config.conditional, dtype=config.compute_dtype)
     env = construct(environments.constructor_of(config), config,
                     environments.section_of(config))
@@ -281,6 +314,10 @@ def _build(config: ml_collections.ConfigDict, mesh: Mesh,
     # Absent in the config.json of runs from before populations: a single agent.
     population = (construct(population_lib.PopulationConfig, config, "population")
                   if "population" in config else population_lib.PopulationConfig())
+    shards = axis_size(mesh, MEMBERS)
+    if shards > 1 and population.size % shards:
+        raise ConfigError(f"population.size={population.size} cannot be split over the "
+                          f"mesh's {shards} member shards")
     sharding = NamedSharding(mesh, P(AXIS))
     global_rows = None
     if dataset is None:

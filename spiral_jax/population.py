@@ -7,9 +7,11 @@ share one discriminator. Here the members are one program: every member-specific
 of the `TrainState` (policy parameters, their average and optimiser state, the replay,
 the hyperparameters, and with `shared_disc=False` the discriminator) carries a leading
 axis of `size`, and the train step `vmap`s one member's step over it
-(`spiral_jax.train_step`). A shared D sees every member's canvases: each member
-computes D's gradient on its own fakes and the gradients are averaged over the
-member axis, so D takes one step per update on the population's whole batch.
+(`spiral_jax.train_step`); with several devices the members are split over the mesh's
+`MEMBERS` axis (`member_shards`), each device group stepping its own. A shared D sees
+every member's canvases: each member computes D's gradient on its own fakes and the
+gradients are averaged over the members (and their devices), so D takes one step per
+update on the population's whole batch.
 
 Every `exploit_every` steps the training loop measures each member's fitness and
 `exploit_explore` (jitted) copies the best members over the worst (truncation
@@ -19,6 +21,7 @@ selection) and perturbs the copies' hyperparameters (explore).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -26,6 +29,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from spiral_jax.types import Array, is_int, is_number
 
@@ -52,6 +56,10 @@ class PopulationConfig:
     # auto: the Fréchet distance to training digits for unconditional digit runs,
     # held-in L2 for conditional ones, D's score of the final canvases otherwise.
     fitness: str = "auto"
+    # Device groups the members are split over (each holds size / member_shards of
+    # them and splits their batches over its devices); 0 = as many as divide both the
+    # size and the device count. Member i draws the same keys wherever it runs.
+    member_shards: int = 0
 
     def __post_init__(self) -> None:
         for name in ("learning_rate_range", "entropy_cost_range"):
@@ -76,6 +84,12 @@ class PopulationConfig:
             raise ValueError(f"population.truncation={self.truncation!r}: must be in (0, 0.5]")
         if not is_number(self.perturb) or not self.perturb >= 1:
             raise ValueError(f"population.perturb={self.perturb!r}: must be >= 1")
+        if not is_int(self.member_shards) or self.member_shards < 0:
+            raise ValueError(f"population.member_shards={self.member_shards!r}: must be an "
+                             f"int >= 0 (0 = as many as divide the size and the devices)")
+        if self.member_shards and self.size % self.member_shards:
+            raise ValueError(f"population.member_shards={self.member_shards} must divide "
+                             f"population.size={self.size}")
         if self.fitness not in FITNESS:
             raise ValueError(f"population.fitness={self.fitness!r}: allowed: {FITNESS}")
 
@@ -88,6 +102,15 @@ class PopulationConfig:
     def num_replaced(self) -> int:
         """Members replaced at each exploit step."""
         return max(1, math.floor(self.size * self.truncation))
+
+    def shards(self, num_devices: int) -> int:
+        """Device groups the members split over, on `num_devices` devices."""
+        if not self.member_shards:
+            return math.gcd(self.size, num_devices)
+        if num_devices % self.member_shards:
+            raise ValueError(f"population.member_shards={self.member_shards} must divide "
+                             f"the number of devices ({num_devices})")
+        return self.member_shards
 
     def ranges(self) -> dict[str, tuple[float, float]]:
         return {"learning_rate": self.learning_rate_range,
@@ -124,11 +147,25 @@ def state_axes(state: Any, shared_disc: bool) -> Any:
 
 
 def member(state: Any, index: int, shared_disc: bool) -> Any:
-    """Member `index`'s own state, without the member axis (as a single run's)."""
-    fields = member_fields(shared_disc)
-    return state.replace(**{
-        f: jax.tree.map(lambda x: x[index], getattr(state, f)) for f in fields
-    }).replace(members=None)
+    """Member `index`'s own state, without the member axis (as a single run's); on
+    every device of the mesh when the population is split over devices, so that any
+    process can sample with it."""
+    fields = [f for f in member_fields(shared_disc) if f != "members"]
+    picked = {f: getattr(state, f) for f in fields}
+    sharding = getattr(jax.tree.leaves(picked)[0], "sharding", None)
+    if isinstance(sharding, NamedSharding):
+        picked = _take_replicated(sharding.mesh)(picked, jnp.int32(index))
+    else:  # host arrays, or one device
+        picked = jax.tree.map(lambda x: x[index], picked)
+    return state.replace(**picked, members=None)
+
+
+@functools.cache
+def _take_replicated(mesh: Mesh) -> Callable[[Any, Array], Any]:
+    """Jitted `tree[index]` for arrays on `mesh`, replicated over it (a member split
+    over processes is gathered onto all of them)."""
+    return jax.jit(lambda tree, index: jax.tree.map(lambda x: x[index], tree),
+                   out_shardings=NamedSharding(mesh, PartitionSpec()))
 
 
 def selection(fitness: Array, num_replaced: int) -> Array:

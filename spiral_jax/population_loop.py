@@ -63,6 +63,7 @@ class PopulationLoop:
         self.cfg = exp.population
         self.kind = fitness_kind(exp, evaluates)
         self.exploit_explore = population_lib.make_exploit_explore(self.cfg)
+        self.place = exp.place  # back onto the train step's shardings
         self.key = jax.random.fold_in(jax.random.PRNGKey(exp.config.seed), 2**31 - 3)
         self._sum: Any = None  # the running fitness metric, summed on device
         self._count = 0
@@ -88,13 +89,14 @@ class PopulationLoop:
         measured with `with_fitness`); returns the new state and what to log."""
         if self.kind in _RUNNING and self._sum is not None:
             sign = _RUNNING[self.kind][1]
-            state = with_fitness(state, sign * self._sum / self._count)
+            state = self.place(with_fitness(state, sign * self._sum / self._count))
         self._sum, self._count = None, 0
         fitness = np.asarray(jax.device_get(state.members["fitness"]))
         if not np.all(np.isfinite(fitness)):
             return state, {}  # not measured yet
         record = {f"fitness/m{i}": float(f) for i, f in enumerate(fitness)}
         state, sources = self.exploit_explore(state, jax.random.fold_in(self.key, step))
+        state = self.place(state)
         record.update({f"source/m{i}": float(s)
                        for i, s in enumerate(np.asarray(jax.device_get(sources)))})
         return state, record

@@ -142,8 +142,10 @@ def _loop(exp: Experiment, state: TrainState, mngr: Any, workdir: epath.Path,
     failed. Returns (state, step, agreed stop)."""
     config = exp.config
     step = int(state.step)
+    split = (f", {exp.population.size} members over {exp.member_shards} device group(s)"
+             if exp.population.stacked else "")
     print(f"training {config.dataset} on {exp.num_devices} device(s) "
-          f"({jax.devices()[0].platform}), batch {config.batch_size}, "
+          f"({jax.devices()[0].platform}{split}), batch {config.batch_size}, "
           f"{exp.frames_per_step()} frames/step, workdir {workdir}")
     frechet = FrechetToTrainingDigits(exp) if evaluates else None
     members = PopulationLoop(exp, evaluates) if exp.population.stacked else None
@@ -284,7 +286,8 @@ class Outputs:
             per_member = [_frechet_distances(self.frechet, self.members.member(state, i), key)
                           for i in range(self.exp.population.size)]
             if self.members.kind == "frechet":
-                state = with_fitness(state, [d["frechet_train"] for d in per_member])
+                state = self.exp.place(
+                    with_fitness(state, [d["frechet_train"] for d in per_member]))
             distances = {f"{k}/m{i}": v for i, d in enumerate(per_member) for k, v in d.items()}
             distances["frechet_train"] = min(d["frechet_train"] for d in per_member)
         self._last_time += time.perf_counter() - t_eval  # frames/s counts training only

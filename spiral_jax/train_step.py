@@ -13,7 +13,8 @@ One jitted `train_step(state, key) -> (state, metrics)` in four phases:
 
 Data parallelism is `jax.shard_map` over the mesh of `spiral_jax.sharding`. A
 population (`spiral_jax.population`) `vmap`s the same step over its members inside
-it; a discriminator the members share averages its gradients over the member axis.
+it, each device group over its own share of them; a discriminator the members share
+averages its gradients over all of them.
 """
 
 from __future__ import annotations
@@ -57,8 +58,17 @@ def make_train_step(exp: Experiment) -> Callable[[TrainState, Array], tuple[Trai
     batch = exp.batch_size
     blank = environments.blank_canvas(env)  # 1.0 (white) or a scene's empty floor
     pop = exp.population
-    # The axes D's gradients are averaged over: the devices, and the members sharing it.
-    disc_axes = (AXIS, population_lib.MEMBER) if pop.stacked and pop.shared_disc else AXIS
+    # A population's members are split over the mesh's member axis (if it has one):
+    # each device group vmaps over its own `local` members.
+    member_axis = exp.member_axis
+    local = pop.size // exp.member_shards
+    # The axes D's gradients are averaged over: the devices, and the members sharing it
+    # (on this device group and on the others).
+    disc_axes: str | tuple[str, ...] = AXIS
+    if pop.stacked and pop.shared_disc:
+        disc_axes = (AXIS, population_lib.MEMBER)
+        if member_axis is not None:
+            disc_axes += (member_axis,)
 
     def local_step(state: TrainState, images: Array, key: Array) -> tuple[TrainState, Metrics]:
         """One agent's step on this device's share of the batch (a population member's,
@@ -148,15 +158,25 @@ def make_train_step(exp: Experiment) -> Callable[[TrainState, Array], tuple[Trai
 
     def population_step(state: TrainState, images: Array, key: Array
                         ) -> tuple[TrainState, Metrics]:
-        """`local_step` vmapped over the members: member i draws from fold_in(key, i).
-        Metrics get a leading member axis."""
+        """`local_step` vmapped over this device group's members: member i (its index
+        in the whole population) draws from fold_in(key, i). Metrics get a leading
+        member axis."""
         axes = population_lib.state_axes(state, pop.shared_disc)
+        members = state.members  # every member's hyperparameters, on every device
+        first = 0
+        if member_axis is not None:  # this device group's members
+            first = jax.lax.axis_index(member_axis) * local
+            state = state.replace(members=jax.tree.map(
+                lambda x: jax.lax.dynamic_slice_in_dim(x, first, local), members))
 
         def member_step(member: TrainState, index: Array) -> tuple[TrainState, Metrics]:
             return local_step(member, images, jax.random.fold_in(key, index))
 
-        return jax.vmap(member_step, in_axes=(axes, 0), out_axes=(axes, 0),
-                        axis_name=population_lib.MEMBER)(state, jnp.arange(pop.size))
+        state, metrics = jax.vmap(member_step, in_axes=(axes, 0), out_axes=(axes, 0),
+                                  axis_name=population_lib.MEMBER)(state, first + jnp.arange(local))
+        if member_axis is not None:  # every member's metrics on every device
+            metrics = jax.lax.all_gather(metrics, member_axis, tiled=True)
+        return state.replace(members=members), metrics
 
     def train_step(state: TrainState, images: Array, key: Array
                    ) -> tuple[TrainState, Metrics]:

@@ -107,6 +107,30 @@ def test_two_processes_equal_one_process_with_two_devices(tmp_path, cache_dir):
             np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-7, err_msg=k)
 
 
+def test_a_population_split_over_two_processes_equals_one_process(tmp_path, cache_dir):
+    """Two members, one on each process's device, with exploit steps on D's score and
+    sample grids of the fittest member (gathered from whichever process holds it):
+    the same records as one process with two devices."""
+    pop = ["--config.num_train_steps=4", "--config.population.size=2",
+           "--config.population.exploit_every=2", "--config.sample_every=2"]
+    outs = _finish(_launch_two(tmp_path / "two", cache_dir, *pop), timeout=900)
+    assert [rc for rc, _, _ in outs] == [0, 0], _describe(outs)
+    assert "2 members over 2 device group(s)" in outs[0][1]
+    one = subprocess.run(
+        [sys.executable, "-m", "experiments.train", f"--workdir={tmp_path / 'one'}", *ARGS,
+         *pop], env=_env(cache_dir, devices=2), cwd=REPO, capture_output=True, text=True,
+        timeout=900,
+    )
+    assert one.returncode == 0, one.stderr[-3000:]
+    two_records, one_records = _records(tmp_path / "two"), _records(tmp_path / "one")
+    assert [r["step"] for r in two_records] == [r["step"] for r in one_records]
+    assert sum("source/m0" in r for r in two_records) == 2  # exploit steps at 2 and 4
+    for a, b in zip(two_records, one_records, strict=True):
+        assert set(a) == set(b)
+        for k in set(a) - {"minutes", "frames_per_second"}:
+            np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-7, err_msg=k)
+
+
 def test_sigterm_to_one_process_stops_both_at_the_same_step_and_they_resume(
         tmp_path, cache_dir):
     procs = _launch_two(tmp_path, cache_dir, "--config.num_train_steps=100000")

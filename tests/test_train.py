@@ -365,6 +365,50 @@ def test_command_line_rejects_bad_input_in_one_line_before_compiling(tmp_path, a
     assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
 
 
+_SPLIT_POPULATION_LOOP = textwrap.dedent(
+    """
+    import json, pathlib, sys
+    import jax, numpy as np
+    from experiments.configs import small
+    from spiral_jax import train
+    assert jax.device_count() == 2, jax.devices()
+    workdir = pathlib.Path(sys.argv[1])
+    c = small.get_config()
+    c.num_train_steps, c.checkpoint_every, c.sample_every, c.log_every = 4, 2, 2, 1
+    c.max_examples = 256
+    c.population.size = 2
+    c.population.exploit_every = 2
+    result = train.train_and_evaluate(c, workdir)
+    # Each member's parameters on its own device, also after the exploit steps; the
+    # members' hyperparameters and fitness on both.
+    state = result.state
+    for leaf in jax.tree.leaves((state.policy_params, state.policy_opt_state)):
+        assert tuple(leaf.sharding.spec) == ("members",), leaf.sharding
+        assert [s.data.shape[0] for s in leaf.addressable_shards] == [1, 1]
+    for leaf in jax.tree.leaves(state.members):
+        assert leaf.sharding.is_fully_replicated and leaf.shape == (2,), leaf.sharding
+    records = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+    pbt = [r for r in records if "source/m0" in r]
+    assert [r["step"] for r in pbt] == [2, 4], pbt
+    for r in pbt:  # both descend from the fitter (on a tie, from member 0)
+        better = 0 if r["fitness/m0"] <= r["fitness/m1"] else 1
+        assert r["source/m0"] == r["source/m1"] == better, r
+    print("OK")
+    """
+)
+
+
+@pytest.mark.slow
+def test_a_population_split_over_two_devices_trains_and_exploits(tmp_path):
+    """The training loop with each of two members on its own device: steps, exploit
+    steps on D's score, and the state kept on the members' devices."""
+    env = dict(os.environ, PYTHONPATH=str(REPO),
+               XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    out = subprocess.run([sys.executable, "-c", _SPLIT_POPULATION_LOOP, str(tmp_path)],
+                         env=env, capture_output=True, text=True, cwd=REPO, timeout=900)
+    assert out.returncode == 0 and "OK" in out.stdout, out.stdout + out.stderr[-4000:]
+
+
 @pytest.mark.slow
 def test_a_population_trains_exploits_resumes_and_evaluates_every_member(tmp_path):
     """Two members sharing D, exploit/explore every 2 steps on the in-training Fréchet
