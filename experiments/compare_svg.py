@@ -20,14 +20,12 @@ from __future__ import annotations
 
 import importlib
 
-import jax
 import numpy as np
 from absl import app, flags, logging
 
 from spiral_jax import datasets, paint, program_svg
 from spiral_jax import program as program_lib
-from spiral_jax.baselines import random_actions
-from spiral_jax.envs.libmypaint import LibMyPaint, play
+from spiral_jax.envs.libmypaint import LibMyPaint
 from spiral_jax.image_grid import make_grid
 from spiral_jax.pictures import save_png
 
@@ -45,20 +43,13 @@ _ROWS = flags.DEFINE_integer("figure_rows", 6, "Episodes in the figure.")
 
 def random_episodes(config_name: str, jitter: bool | None, n: int, seed: int
                     ) -> tuple[list[program_lib.Program], np.ndarray]:
-    """Programs and final canvases of n episodes of uniform random actions."""
+    """Programs and final canvases of n episodes of uniform random actions in a config's
+    environment."""
     config = importlib.import_module(f"experiments.configs.{config_name}").get_config()
     settings = dict(config.env)
     if jitter is not None:
         settings["brush_jitter"] = jitter
-    env = LibMyPaint(**settings)
-    keys = jax.random.split(jax.random.PRNGKey(seed), n)
-    spec = dict(env.action_spec())
-    actions = jax.vmap(lambda k: random_actions(spec, k, env.episode_length - 1))(keys)
-    finals = np.asarray(jax.jit(jax.vmap(lambda k, a: play(env, k, a)[-1]))(keys, actions))
-    actions = jax.device_get(actions)
-    programs = [program_lib.from_actions(env, {k: v[i] for k, v in actions.items()})
-                for i in range(n)]
-    return programs, finals
+    return program_lib.random_programs(LibMyPaint(**settings), n, seed)
 
 
 def agent_episodes(agent: str | None, checkpoint: str | None, n: int, seed: int,

@@ -190,6 +190,23 @@ def from_trajectory(env: LibMyPaint, trajectory: Any, episode: int,
     return from_actions(env, actions, info)
 
 
+def random_programs(env: LibMyPaint, n: int, seed: int
+                    ) -> tuple[list[Program], np.ndarray]:
+    """Programs and final canvases [n, W, W, C] of n episodes of uniform random actions
+    in `env` (a baseline, and the simplest test of a program's rendering)."""
+    from spiral_jax.baselines import random_actions  # baselines imports the datasets
+
+    if int(n) != n or n < 1:
+        raise ValueError(f"n={n!r}: must be a positive integer")
+    keys = jax.random.split(jax.random.PRNGKey(seed), n)
+    spec = dict(env.action_spec())
+    actions = jax.vmap(lambda k: random_actions(spec, k, env.episode_length - 1))(keys)
+    finals = np.asarray(jax.jit(jax.vmap(lambda k, a: play(env, k, a)[-1]))(keys, actions))
+    actions = jax.device_get(actions)
+    programs = [from_actions(env, {k: v[i] for k, v in actions.items()}) for i in range(n)]
+    return programs, finals
+
+
 def to_actions(program: Program) -> dict[str, np.ndarray]:
     """The program's actions as `LibMyPaint.step` takes them: part -> int32 [T], in the
     environment's action-spec order (`libmypaint.play` replays them)."""

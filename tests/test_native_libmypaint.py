@@ -1,5 +1,5 @@
 """The ctypes libmypaint reference (`tools.native_libmypaint`): fixtures, SPIRAL's
-semantics, bad input, and the throughput benchmark of `experiments.bench_env`.
+semantics, bad input, and the throughput benchmark `tools.native_throughput`.
 
 Tests that need the real library are skipped where Debian's libmypaint-1.5-1 and
 mypaint-brushes are not installed; the fixtures in `tests/fixtures` are part of the
@@ -16,6 +16,7 @@ import pytest
 
 from tools import libmypaint_episodes as make_episodes
 from tools import native_libmypaint as native
+from tools import native_throughput
 
 FIXTURES = pathlib.Path(__file__).resolve().parent / "fixtures"
 # libmypaint rendering the fixture actions again, per step and on the final canvas (MAE
@@ -286,15 +287,12 @@ def test_unavailable_library_is_reported(monkeypatch):
 
 @needs_libmypaint
 def test_native_steps_per_second_runs():
-    # Imported here: the benchmark module defines its absl flags on import.
-    from experiments import bench_env
-
     spec = native.NativeLibMyPaint().action_spec
     actions = make_episodes.sample_actions(0, 4, 3, 0.7, spec)
-    rate = bench_env.native_steps_per_second(actions, n_processes=2, jitter=False)
+    rate = native_throughput.native_steps_per_second(actions, n_processes=2, jitter=False)
     assert np.isfinite(rate) and rate > 10
     with pytest.raises(ValueError, match="n_processes=0"):
-        bench_env.native_steps_per_second(actions, n_processes=0)
+        native_throughput.native_steps_per_second(actions, n_processes=0)
 
 
 @needs_libmypaint

@@ -15,6 +15,7 @@ import pytest
 import resvg_py
 from PIL import Image
 
+from experiments.configs import small as small_config
 from spiral_jax import agent as agent_lib
 from spiral_jax import program as P
 from spiral_jax import program_svg
@@ -330,10 +331,10 @@ def test_svg_colours_match_the_canvas(color_episodes):
 
 
 @pytest.mark.slow
-def test_compare_svg_episodes_replay_to_their_canvases():
-    from experiments import compare_svg
-
-    programs, canvases = compare_svg.random_episodes("small", None, 3, seed=0)
+def test_random_programs_replay_to_their_canvases():
+    # The episodes `experiments.compare_svg --config=small` measures.
+    env = LibMyPaint(**dict(small_config.get_config().env))
+    programs, canvases = P.random_programs(env, 3, seed=0)
     assert len(programs) == 3 and programs[0].settings["canvas_width"] == 16
     for p, c in zip(programs, canvases, strict=True):
         np.testing.assert_array_equal(P.replay(p), c)
