@@ -87,6 +87,27 @@ def _describe(outs) -> str:
     return "\n".join(f"rc={rc}\n{out[-1500:]}\n{err[-2500:]}" for rc, out, err in outs)
 
 
+def _run_one_process(workdir, cache_dir, *extra) -> None:
+    """The same run as one process with two devices."""
+    one = subprocess.run(
+        [sys.executable, "-m", "experiments.train", f"--workdir={workdir}", *ARGS, *extra],
+        env=_env(cache_dir, devices=2), cwd=REPO, capture_output=True, text=True, timeout=900,
+    )
+    assert one.returncode == 0, one.stderr[-3000:]
+
+
+def _assert_same_records(two_workdir, one_workdir) -> list[dict]:
+    """The two runs logged the same steps and keys, with values equal to float noise
+    (timings aside); returns the two-process run's records."""
+    two_records, one_records = _records(two_workdir), _records(one_workdir)
+    assert [r["step"] for r in two_records] == [r["step"] for r in one_records]
+    for a, b in zip(two_records, one_records, strict=True):
+        assert set(a) == set(b)
+        for k in set(a) - {"minutes", "frames_per_second"}:
+            np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-7, err_msg=k)
+    return two_records
+
+
 def test_two_processes_equal_one_process_with_two_devices(tmp_path, cache_dir):
     steps = ["--config.num_train_steps=3"]
     outs = _finish(_launch_two(tmp_path / "two", cache_dir, *steps), timeout=900)
@@ -94,17 +115,9 @@ def test_two_processes_equal_one_process_with_two_devices(tmp_path, cache_dir):
     # Each process read only the images its device holds.
     assert "process 0 reads training images 0-128 of 256" in outs[0][1]
     assert "process 1 reads training images 128-256 of 256" in outs[1][1]
-    one = subprocess.run(
-        [sys.executable, "-m", "experiments.train", f"--workdir={tmp_path / 'one'}", *ARGS,
-         *steps], env=_env(cache_dir, devices=2), cwd=REPO, capture_output=True, text=True,
-        timeout=900,
-    )
-    assert one.returncode == 0, one.stderr[-3000:]
-    two_records, one_records = _records(tmp_path / "two"), _records(tmp_path / "one")
-    assert [r["step"] for r in two_records] == [r["step"] for r in one_records] == [1, 2, 3]
-    for a, b in zip(two_records, one_records, strict=True):
-        for k in set(a) - {"minutes", "frames_per_second"}:
-            np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-7, err_msg=k)
+    _run_one_process(tmp_path / "one", cache_dir, *steps)
+    records = _assert_same_records(tmp_path / "two", tmp_path / "one")
+    assert [r["step"] for r in records] == [1, 2, 3]
 
 
 def test_a_population_split_over_two_processes_equals_one_process(tmp_path, cache_dir):
@@ -116,19 +129,9 @@ def test_a_population_split_over_two_processes_equals_one_process(tmp_path, cach
     outs = _finish(_launch_two(tmp_path / "two", cache_dir, *pop), timeout=900)
     assert [rc for rc, _, _ in outs] == [0, 0], _describe(outs)
     assert "2 members over 2 device group(s)" in outs[0][1]
-    one = subprocess.run(
-        [sys.executable, "-m", "experiments.train", f"--workdir={tmp_path / 'one'}", *ARGS,
-         *pop], env=_env(cache_dir, devices=2), cwd=REPO, capture_output=True, text=True,
-        timeout=900,
-    )
-    assert one.returncode == 0, one.stderr[-3000:]
-    two_records, one_records = _records(tmp_path / "two"), _records(tmp_path / "one")
-    assert [r["step"] for r in two_records] == [r["step"] for r in one_records]
-    assert sum("source/m0" in r for r in two_records) == 2  # exploit steps at 2 and 4
-    for a, b in zip(two_records, one_records, strict=True):
-        assert set(a) == set(b)
-        for k in set(a) - {"minutes", "frames_per_second"}:
-            np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-7, err_msg=k)
+    _run_one_process(tmp_path / "one", cache_dir, *pop)
+    records = _assert_same_records(tmp_path / "two", tmp_path / "one")
+    assert sum("source/m0" in r for r in records) == 2  # exploit steps at 2 and 4
 
 
 def test_sigterm_to_one_process_stops_both_at_the_same_step_and_they_resume(

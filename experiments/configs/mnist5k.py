@@ -7,7 +7,8 @@ D; a WGAN-GP critic trained 5 times per step whose scores are standardised befor
 become rewards; a larger, normalised entropy bonus; two policy passes per rollout; and
 a moving average of the policy's parameters for samples and evaluation; 4,400 steps
 (about 57 minutes at the 1.3 steps/s of a 2-core CPU), with the policy's learning rate
-cosine-decayed to 0 over them so that the last checkpoint is a settled agent. Why each, with the trials behind it: docs/results.md.
+cosine-decayed to 0 over them so that the last checkpoint is a settled agent. Why each,
+with the trials behind it: docs/results.md.
 """
 
 from experiments.configs import common
