@@ -212,6 +212,5 @@ def main(argv):
         print(f"| {name} | {sps:,.0f} |{ratio}")
 
 
-
 if __name__ == "__main__":
     app.run(main)

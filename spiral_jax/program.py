@@ -36,6 +36,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from spiral_jax.baselines import random_actions
 from spiral_jax.envs.libmypaint import LibMyPaint, play
 from spiral_jax.types import is_int, is_number
 
@@ -194,8 +195,6 @@ def random_programs(env: LibMyPaint, n: int, seed: int
                     ) -> tuple[list[Program], np.ndarray]:
     """Programs and final canvases [n, W, W, C] of n episodes of uniform random actions
     in `env` (a baseline, and the simplest test of a program's rendering)."""
-    from spiral_jax.baselines import random_actions  # baselines imports the datasets
-
     if int(n) != n or n < 1:
         raise ValueError(f"n={n!r}: must be a positive integer")
     keys = jax.random.split(jax.random.PRNGKey(seed), n)
