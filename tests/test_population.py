@@ -6,12 +6,6 @@ over two devices step as on one."""
 
 from __future__ import annotations
 
-import os
-import pathlib
-import subprocess
-import sys
-import textwrap
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,6 +14,7 @@ import pytest
 from spiral_jax import population as P
 from spiral_jax import replay as replay_lib
 from spiral_jax.experiment import TrainState
+from tests import device_split
 
 
 @pytest.mark.parametrize("field, value, message", [
@@ -257,49 +252,9 @@ def test_member_scalars_are_the_mean_and_each_member():
     assert out == {"loss": 3.0, "loss/m0": 1.0, "loss/m1": 2.0, "loss/m2": 6.0}
 
 
-_SPLIT_MEMBERS = textwrap.dedent(
-    """
-    import jax, numpy as np
-    from experiments.configs import small
-    from spiral_jax import datasets, experiment, sharding, train_step
-    assert jax.device_count() == 2, jax.devices()
-    config = small.get_config()
-    config.learner.eps = config.disc_learner.eps = 1.0  # Adam's step linear in g
-    config.population.size = 2
-    data = datasets.load("mnist5k", "train", image_size=16, channels=1, max_examples=256)
-    def run(devices):
-        exp = experiment.build(config, mesh=sharding.make_mesh(devices, len(devices)),
-                               dataset=data)
-        state = exp.init_state(jax.random.PRNGKey(0))
-        start = jax.device_get(state)
-        state, metrics = train_step.make_train_step(exp)(state, jax.random.PRNGKey(5))
-        spec = jax.tree.leaves(state.policy_params)[0].sharding.spec
-        return start, spec, *jax.device_get((state, metrics))
-    start, _, one, m1 = run(jax.devices()[:1])
-    _, spec, two, m2 = run(jax.devices())
-    assert tuple(spec) == ("members",), spec  # each device holds its own member
-    for name in ("policy_params", "disc_params", "policy_ema"):
-        a, b = jax.tree.leaves(getattr(one, name)), jax.tree.leaves(getattr(two, name))
-        init = jax.tree.leaves(getattr(start, name))
-        worst = max(float(np.max(np.abs(x - y))) for x, y in zip(a, b))
-        moved = max(float(np.max(np.abs(x - z))) for x, z in zip(a, init))
-        print(name, "max abs diff", worst, "largest update", moved)
-        assert moved > 1e-8 and worst < 1e-3 * moved, (name, worst, moved)
-    np.testing.assert_array_equal(one.replay.canvases, two.replay.canvases)
-    for k in m1:
-        np.testing.assert_allclose(m1[k], m2[k], rtol=1e-4, atol=1e-5, err_msg=k)
-    print("OK")
-    """
-)
-
-
 @pytest.mark.slow
 def test_members_split_over_two_devices_equal_the_one_device_population_step():
     """Two members sharing D, one per device: the same step as both on one device
     (D's gradients averaged over the members across devices)."""
-    repo = pathlib.Path(__file__).resolve().parents[1]
-    env = dict(os.environ, PYTHONPATH=str(repo),
-               XLA_FLAGS="--xla_force_host_platform_device_count=2")
-    out = subprocess.run([sys.executable, "-c", _SPLIT_MEMBERS], env=env,
-                         capture_output=True, text=True, cwd=repo, timeout=900)
+    out = device_split.run_split(members=2)
     assert out.returncode == 0 and "OK" in out.stdout, out.stdout + out.stderr[-4000:]

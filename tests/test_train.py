@@ -25,6 +25,7 @@ from spiral_jax import datasets as data_lib
 from spiral_jax import evaluate as evaluate_lib
 from spiral_jax import experiment, rewards, train, train_step
 from spiral_jax.stops import TrainingFailure
+from tests import device_split
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -262,51 +263,9 @@ def test_policy_average_follows_its_update_rule(dataset):
     assert plain.policy_ema is None and plain.eval_params is plain.policy_params
 
 
-_TWO_DEVICES = textwrap.dedent(
-    """
-    import jax, numpy as np
-    from experiments.configs import small
-    from spiral_jax import datasets, experiment, sharding, train_step
-    assert jax.device_count() == 2, jax.devices()
-    config = small.get_config()
-    # Adam's first step is lr * sign(g) wherever |g| >> eps: a gradient that is zero up
-    # to rounding could flip a whole step. A large eps makes the step linear in g.
-    config.learner.eps = config.disc_learner.eps = 1.0
-    data = datasets.load("mnist5k", "train", image_size=16, channels=1, max_examples=256)
-    def run(devices):
-        exp = experiment.build(config, mesh=sharding.make_mesh(devices), dataset=data)
-        state = exp.init_state(jax.random.PRNGKey(0))
-        start = jax.device_get(state)
-        state, metrics = train_step.make_train_step(exp)(state, jax.random.PRNGKey(5))
-        return start, *jax.device_get((state, metrics))
-    start, one, m1 = run(jax.devices()[:1])
-    _, two, m2 = run(jax.devices())
-    for name in ("policy_params", "disc_params"):
-        a, b = jax.tree.leaves(getattr(one, name)), jax.tree.leaves(getattr(two, name))
-        init = jax.tree.leaves(getattr(start, name))
-        worst = max(float(np.max(np.abs(x - y))) for x, y in zip(a, b))
-        moved = max(float(np.max(np.abs(x - z))) for x, z in zip(a, init))
-        print(name, "max abs diff", worst, "largest update", moved)
-        assert moved > 1e-7 and worst < 1e-3 * moved, (name, worst, moved)
-    # Each device keeps its own episodes in its part of the replay.
-    b = config.batch_size
-    per_device = np.asarray(two.replay.canvases).reshape((2, -1) + two.replay.canvases.shape[1:])
-    painted_two = np.concatenate([per_device[0, : b // 2], per_device[1, : b // 2]])
-    painted_one = np.asarray(one.replay.canvases)[:b]
-    assert np.abs(painted_one.astype(int) - painted_two.astype(int)).max() <= 1
-    for k in m1:
-        np.testing.assert_allclose(m1[k], m2[k], rtol=1e-4, atol=1e-5, err_msg=k)
-    print("OK")
-    """
-)
-
-
 @pytest.mark.slow
 def test_two_devices_equal_one_device_on_the_same_global_batch():
-    env = dict(os.environ, PYTHONPATH=str(REPO),
-               XLA_FLAGS="--xla_force_host_platform_device_count=2")
-    out = subprocess.run([sys.executable, "-c", _TWO_DEVICES], env=env, capture_output=True,
-                         text=True, cwd=REPO, timeout=900)
+    out = device_split.run_split(members=1)
     assert out.returncode == 0 and "OK" in out.stdout, out.stdout + out.stderr[-4000:]
 
 
