@@ -7,8 +7,8 @@ D; a WGAN-GP critic trained 5 times per step whose scores are standardised befor
 become rewards; a larger, normalised entropy bonus; two policy passes per rollout; and
 a moving average of the policy's parameters for samples and evaluation; 6,000 steps
 (about 52 minutes at the 1.9 steps/s of an idle 2-core CPU), with the policy's learning
-rate cosine-decayed to 0 over them so that the last checkpoint is a settled agent. Why each,
-with the trials behind it: docs/results.md.
+rate cosine-decayed to 0 over them so that the last checkpoint is a settled agent. Why
+each, with the trials behind it: docs/results.md.
 """
 
 from experiments.configs import common

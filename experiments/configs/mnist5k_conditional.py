@@ -25,7 +25,7 @@ def get_config():
     c.learner.entropy_cost = 0.01
     c.learner.ema_decay = 0.995
     c.learner.vtrace_lambda = 0.8  # with the decay: greedy 0.558 against 0.630 (docs/results.md)
-    c.num_train_steps = 5_000  # an hour's steps on two cores, with time to spare
+    c.num_train_steps = 5_000  # 38 minutes on two idle cores (docs/results.md)
     c.learner.lr_decay_steps = 5_000
     c.learner.max_grad_norm = 0.5  # median norm 0.19: clips the top ~1 % (docs/results.md)
     c.disc_learner.updates_per_step = 0  # the reward is L2: D's updates would be wasted
