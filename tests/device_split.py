@@ -18,6 +18,9 @@ import pathlib
 import subprocess
 import sys
 
+import jax
+import numpy as np
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -31,16 +34,11 @@ def run_split(members: int, timeout: float = 900) -> subprocess.CompletedProcess
 
 
 def _max_abs_diff(a, b) -> float:
-    import jax
-    import numpy as np
     return max(float(np.max(np.abs(x - y)))
                for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
 
 
 def main(members: int) -> None:
-    import jax
-    import numpy as np
-
     from experiments.configs import small
     from spiral_jax import datasets, experiment, sharding, train_step
 
@@ -64,14 +62,16 @@ def main(members: int) -> None:
     start, _, one, m1 = run(jax.devices()[:1])
     _, spec, two, m2 = run(jax.devices())
     names = ["policy_params", "disc_params"]
+    min_update = 1e-7  # an update this small would make the comparison vacuous
     if members > 1:
+        min_update = 1e-8  # the population test's bound, as it was
         assert tuple(spec) == ("members",), spec  # each device holds its own member
         names.append("policy_ema")
     for name in names:
         worst = _max_abs_diff(getattr(one, name), getattr(two, name))
         moved = _max_abs_diff(getattr(one, name), getattr(start, name))
         print(name, "max abs diff", worst, "largest update", moved)
-        assert moved > 1e-8 and worst < 1e-3 * moved, (name, worst, moved)
+        assert moved > min_update and worst < 1e-3 * moved, (name, worst, moved)
     if members > 1:
         # Each member's episodes stay on its device, painted as on one device.
         np.testing.assert_array_equal(one.replay.canvases, two.replay.canvases)
