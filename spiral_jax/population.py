@@ -117,11 +117,22 @@ class PopulationConfig:
                 "entropy_cost": self.entropy_cost_range}
 
 
+# The fitness of a member not measured yet: the largest float32, finite because a
+# checkpoint refuses a state holding an infinity (`spiral_jax.checkpoints.save`), and a
+# population is saved before its first exploit step whenever checkpoints come sooner.
+UNMEASURED = float(np.finfo(np.float32).max)
+
+
+def measured(fitness: Any) -> np.ndarray:
+    """Which members' fitness has been measured (host-side bools, one per member)."""
+    return np.asarray(jax.device_get(fitness)) < UNMEASURED
+
+
 def init_members(cfg: PopulationConfig, key: Array) -> dict[str, Array]:
     """The `TrainState.members` of a new population: each member's hyperparameters,
     drawn log-uniformly from the config's ranges, and its fitness (lower is better;
-    +inf until measured): float32 [size] each."""
-    out = {"fitness": jnp.full((cfg.size,), jnp.inf, jnp.float32)}
+    `UNMEASURED` until measured): float32 [size] each."""
+    out = {"fitness": jnp.full((cfg.size,), UNMEASURED, jnp.float32)}
     for name, k in zip(HPARAMS, jax.random.split(key, len(HPARAMS)), strict=True):
         low, high = cfg.ranges()[name]
         u = jax.random.uniform(k, (cfg.size,), jnp.float32)

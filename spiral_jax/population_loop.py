@@ -92,7 +92,7 @@ class PopulationLoop:
             state = self.place(with_fitness(state, sign * self._sum / self._count))
         self._sum, self._count = None, 0
         fitness = np.asarray(jax.device_get(state.members["fitness"]))
-        if not np.all(np.isfinite(fitness)):
+        if not np.all(population_lib.measured(fitness)):
             return state, {}  # not measured yet
         record = {f"fitness/m{i}": float(f) for i, f in enumerate(fitness)}
         state, sources = self.exploit_explore(state, jax.random.fold_in(self.key, step))
@@ -113,11 +113,11 @@ def with_fitness(state: TrainState, fitness: Any) -> TrainState:
 def best_member(state: TrainState) -> int:
     """The member with the lowest fitness (0 while none is measured)."""
     fitness = np.asarray(jax.device_get(state.members["fitness"]))
-    return int(np.argmin(fitness)) if np.isfinite(fitness).any() else 0
+    return int(np.argmin(fitness)) if population_lib.measured(fitness).any() else 0
 
 
 def member_hparams(state: TrainState) -> dict[str, float]:
     """Each member's hyperparameters and fitness (once measured), for the log."""
     return {f"{name}/m{i}": float(v) for name, values in
             jax.device_get(state.members).items() for i, v in enumerate(values)
-            if np.isfinite(v)}
+            if name != "fitness" or v < population_lib.UNMEASURED}

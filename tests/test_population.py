@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from spiral_jax import checksums
 from spiral_jax import population as P
 from spiral_jax import replay as replay_lib
 from spiral_jax.experiment import TrainState
@@ -68,7 +69,7 @@ def test_number_replaced(size, truncation, replaced):
 def test_members_are_drawn_log_uniformly_within_the_ranges():
     cfg = P.PopulationConfig(size=4000)
     members = jax.device_get(P.init_members(cfg, jax.random.PRNGKey(0)))
-    assert np.all(np.isinf(members["fitness"]))
+    assert not P.measured(members["fitness"]).any()
     for name, (low, high) in cfg.ranges().items():
         x = members[name]
         assert x.shape == (4000,) and x.dtype == np.float32
@@ -87,6 +88,15 @@ def _selection_reference(fitness: np.ndarray, k: int) -> np.ndarray:
     for w, b in zip(worst, best, strict=True):
         sources[w] = b
     return sources
+
+
+def test_a_new_population_can_be_checkpointed_before_its_fitness_is_measured():
+    """A checkpoint refuses a non-finite state, and a population is saved before its
+    first exploit step whenever checkpoints come sooner (or it never exploits)."""
+    members = P.init_members(P.PopulationConfig(size=3), jax.random.PRNGKey(0))
+    assert checksums.inspect(members)[1] == []
+    fitness = np.array([P.UNMEASURED, 0.5, np.float32(1e30)], np.float32)
+    assert P.measured(fitness).tolist() == [False, True, True]
 
 
 @pytest.mark.parametrize("size, k", [(2, 1), (4, 1), (8, 2), (9, 4)])

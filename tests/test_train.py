@@ -369,6 +369,24 @@ def test_a_population_split_over_two_devices_trains_and_exploits(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_population_saves_and_resumes_before_any_exploit_step(tmp_path):
+    """Independent members (no exploit steps) checkpointed every step: every save
+    succeeds with the fitness not yet measured, and the run resumes from them."""
+    def config(steps):
+        c = _config(num_train_steps=steps, checkpoint_every=1, sample_every=100,
+                    log_every=1, eval_every=0)
+        c.population.size = 2
+        return c
+
+    first = train.train_and_evaluate(config(2), tmp_path)
+    assert first.step == 2 and first.exit_code == 0
+    assert _checkpoint_steps(tmp_path / "checkpoints")[-1] == 2
+    second = train.train_and_evaluate(config(3), tmp_path)
+    assert second.step == 3 and second.exit_code == 0
+    assert [r["step"] for r in _records(tmp_path)] == [1, 2, 3]
+
+
+@pytest.mark.slow
 def test_a_population_trains_exploits_resumes_and_evaluates_every_member(tmp_path):
     """Two members sharing D, exploit/explore every 2 steps on the in-training Fréchet
     distance: per-member records, PBT records, the fitness kept in the checkpoint
