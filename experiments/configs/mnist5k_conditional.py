@@ -26,7 +26,7 @@ def get_config():
     c.learner.ema_decay = 0.995
     c.learner.vtrace_lambda = 0.8  # with the decay: greedy 0.558 against 0.630 (docs/results.md)
     # 1.9 steps/s on two idle cores: --max_minutes=60 stops it near step 6,870, with
-    # 0.3 % of the rate left (docs/results.md).
+    # 0.1 % of the rate left (docs/results.md).
     c.num_train_steps = 7_000
     c.learner.lr_decay_steps = 7_000
     c.learner.max_grad_norm = 0.5  # median norm 0.19: clips the top ~1 % (docs/results.md)
