@@ -372,6 +372,10 @@ def describe(run: Run, heldout: HeldOut, painted: Paintings, seed: int) -> dict[
         result["population"] = {
             "size": run.exp.population.size, "best_member": run.member,
             **{k: [float(v) for v in values] for k, values in members.items()},
+            # None for a member not measured yet (not `population.UNMEASURED`'s sentinel)
+            "fitness": [float(v) if m else None for v, m in
+                        zip(members["fitness"], population_lib.measured(members["fitness"]),
+                            strict=True)],
         }
     if heldout.classifier is not None:
         result["classifier"] = {
@@ -472,8 +476,10 @@ def format_table(result: dict[str, Any]) -> str:
     if result.get("agent_params", "online") != "online":
         head += f"\nagent: the {result['agent_params']} of its parameters"
     if "population" in result:
-        head += (f"\nagent: population member {result['population']['best_member']} of "
-                 f"{result['population']['size']}, the fittest in training")
+        pop = result["population"]
+        which = ("the fittest in training" if any(f is not None for f in pop["fitness"])
+                 else "no fitness measured in training")
+        head += f"\nagent: population member {pop['best_member']} of {pop['size']}, {which}"
     if not result["conditional"] and "frechet_distance" in result["agent"]:
         head += "\nFréchet distance to held-out real digits on the digit classifier's features"
     return head + "\n" + "\n".join(lines)

@@ -384,6 +384,11 @@ def test_a_population_saves_and_resumes_before_any_exploit_step(tmp_path):
     second = train.train_and_evaluate(config(3), tmp_path)
     assert second.step == 3 and second.exit_code == 0
     assert [r["step"] for r in _records(tmp_path)] == [1, 2, 3]
+    result = evaluate_lib.evaluate(tmp_path, num_episodes=16, batch_size=16, gif_episodes=2,
+                                   grid_samples=4)
+    assert result["population"]["fitness"] == [None, None]
+    assert result["population"]["best_member"] == 0
+    assert "no fitness measured" in evaluate_lib.format_table(result)
 
 
 @pytest.mark.slow
