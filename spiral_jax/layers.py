@@ -4,17 +4,11 @@
   parameters with it (`init_from_one_draw`).
 * Linear, MLP, residual stack, conv encoder and decoder, and the LSTM of deepmind/spiral's
   `spiral/agents/utils.py`.
-* 4x4 stride-2 convolutions and transposed convolutions that compute exactly
-  `lax.conv_general_dilated` / `lax.conv_transpose` but are arranged for XLA's CPU
-  backend, which runs input-dilated convolutions slowly: the transposed conv is a
-  stride-1 3x3 conv to 4x the channels plus depth-to-space, and the strided conv's input
-  gradient (a `custom_vjp`) is computed that way too. This halves the learner's time on
-  a CPU and makes the WGAN-GP step (which differentiates input gradients) ~3.5x faster.
-* Two more arrangements of the same functions for the learner's time-folded batches
-  (docs/speed.md): the first conv's constant coordinate channels are convolved once
-  (`CoordConv`), and a conv to a few channels computes its kernel gradient as one
-  product with shifted copies of the (narrow) output gradient (`NarrowConv`), where
-  XLA would transpose the whole (wide) input to put the batch last.
+* The 4x4 stride-2 conv, the transposed conv and the decoders' final narrow conv go
+  through `spiral_jax.cpu_conv`: the same functions as `lax`'s, with gradients arranged
+  for XLA's CPU backend (input-dilated convolutions and batch-last copies avoided).
+* The first conv's constant coordinate channels are convolved once for the batch
+  (`CoordConv`), not for every frame of the learner's time-folded batches.
 """
 
 from __future__ import annotations
@@ -30,6 +24,12 @@ import numpy as np
 from flax import struct
 from flax.linen.dtypes import promote_dtype
 
+from spiral_jax.cpu_conv import (  # noqa: F401 (re-exported: the layers' functions)
+    conv_4x4_s2,
+    conv_same,
+    conv_transpose_4x4_s2,
+    narrow_conv,
+)
 from spiral_jax.types import Array
 
 
@@ -76,9 +76,6 @@ def conv(features: int, kernel: int, stride: int, name: str) -> nn.Conv:
     )
 
 
-_DN = ("NHWC", "HWIO", "NHWC")
-
-
 def coordinate_channels(height: int, width: int) -> Array:
     """[H, W, 2]: x then y, each linspace(-1, 1) along its axis (SPIRAL's torso input)."""
     x = jnp.broadcast_to(jnp.linspace(-1.0, 1.0, width)[None, :], (height, width))
@@ -105,47 +102,9 @@ class CoordConv(nn.Module):
         images, kernel, bias = promote_dtype(images, kernel, bias, dtype=jnp.float32)
         coords = coordinate_channels(height, width)[None].astype(images.dtype)
         conv2d = lambda x, w: jax.lax.conv_general_dilated(  # noqa: E731
-            x, w, (1, 1), "SAME", dimension_numbers=_DN
+            x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
         )
         return conv2d(images, kernel[:, :, :c]) + (conv2d(coords, kernel[:, :, c:]) + bias)
-
-
-@jax.custom_vjp
-def narrow_conv(x: Array, kernel: Array) -> Array:
-    """A stride-1 SAME convolution (NHWC, HWIO, odd kernel) meant for few output
-    channels: its kernel gradient is one product of the input with the taps' shifted
-    copies of the output gradient, not XLA's convolution over a batch-last copy of the
-    input. Values and gradients are those of `lax.conv_general_dilated`."""
-    return jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=_DN)
-
-
-def _narrow_conv_fwd(x: Array, kernel: Array) -> tuple[Array, tuple[Array, Array]]:
-    return narrow_conv(x, kernel), (x, kernel)
-
-
-def _narrow_conv_bwd(res: tuple[Array, Array], g: Array) -> tuple[Array, Array]:
-    x, kernel = res
-    kh, kw, _, co = kernel.shape
-    _, vjp_x = jax.vjp(
-        lambda x: jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=_DN),
-        x,
-    )
-    # y[u, v] = sum_ij x[u + i - ph, v + j - pw] w[i, j]  =>
-    # dw[i, j] = sum_uv x[u, v] g[u - i + ph, v - j + pw]: g shifted per tap.
-    ph, pw = (kh - 1) // 2, (kw - 1) // 2
-    height, width = x.shape[1:3]
-    gp = jnp.pad(g, ((0, 0), (kh - 1 - ph, ph), (kw - 1 - pw, pw), (0, 0)))
-    taps = [
-        gp[:, kh - 1 - i : kh - 1 - i + height, kw - 1 - j : kw - 1 - j + width]
-        for i in range(kh)
-        for j in range(kw)
-    ]
-    shifted = jnp.stack(taps, axis=3)  # [N, H, W, kh * kw, C_out]
-    dw = jnp.einsum("nhwc,nhwto->tco", x, shifted.astype(x.dtype))
-    return vjp_x(g)[0], dw.reshape(kh, kw, -1, co).astype(kernel.dtype)
-
-
-narrow_conv.defvjp(_narrow_conv_fwd, _narrow_conv_bwd)
 
 
 class NarrowConv(nn.Module):
@@ -195,75 +154,6 @@ class ResidualStack(nn.Module):
             h_i = conv(self.channels, 1, 1, f"res_1x1_{i}")(h_i)
             h = h + h_i
         return nn.relu(h)
-
-
-# lax.conv_transpose (stride 2, SAME, 4 taps) sends input i through tap k to output
-# 2i + 2 - k. Output 2m + p therefore reads input m + d through tap _TAP[(p, d)].
-_TAP = {(0, -1): 0, (0, 0): 2, (1, 0): 1, (1, 1): 3}
-
-
-def _subpixel_kernel(kernel: Array) -> Array:
-    """[4, 4, Ci, Co] transposed-conv kernel -> [3, 3, Ci, 4 * Co] sub-pixel kernel."""
-    ci, co = kernel.shape[2], kernel.shape[3]
-    sub = jnp.zeros((3, 3, ci, 2, 2, co), kernel.dtype)
-    for (py, dy), ky in _TAP.items():
-        for (px, dx), kx in _TAP.items():
-            sub = sub.at[dy + 1, dx + 1, :, py, px, :].set(kernel[ky, kx])
-    return sub.reshape(3, 3, ci, 4 * co)
-
-
-def conv_transpose_4x4_s2(x: Array, kernel: Array) -> Array:
-    """`lax.conv_transpose(x, kernel, (2, 2), "SAME")` for a 4x4 kernel, computed as a
-    stride-1 3x3 conv to 4 * C_out channels followed by depth-to-space.
-
-    The same function (tested against Flax's ConvTranspose and a numpy brute force),
-    but XLA's CPU backend runs the input-dilated convolution that `conv_transpose`
-    lowers to, and its weight gradient, 4-5x slower than this.
-    """
-    n, h, w, _ = x.shape
-    co = kernel.shape[-1]
-    x = x.astype(kernel.dtype)  # the kernel's dtype is the compute dtype
-    y = jax.lax.conv_general_dilated(
-        x, _subpixel_kernel(kernel), (1, 1), "SAME", dimension_numbers=_DN
-    )
-    y = y.reshape(n, h, w, 2, 2, co).transpose(0, 1, 3, 2, 4, 5)
-    return y.reshape(n, 2 * h, 2 * w, co)
-
-
-def conv_4x4_s2(x: Array, kernel: Array) -> Array:
-    """A 4x4, stride-2, SAME convolution in the kernel's dtype; see `_conv_4x4_s2`."""
-    return _conv_4x4_s2(x.astype(kernel.dtype), kernel)
-
-
-@jax.custom_vjp
-def _conv_4x4_s2(x: Array, kernel: Array) -> Array:
-    """A 4x4, stride-2, SAME convolution (NHWC, even H and W).
-
-    Its input gradient is a stride-2 transposed convolution, computed with
-    `conv_transpose_4x4_s2`: XLA's CPU backend runs the default (input-dilated) one
-    about 5x slower. Values and gradients are those of `lax.conv_general_dilated`.
-    """
-    return jax.lax.conv_general_dilated(x, kernel, (2, 2), "SAME", dimension_numbers=_DN)
-
-
-def _conv_4x4_s2_fwd(x: Array, kernel: Array) -> tuple[Array, tuple[Array, Array]]:
-    return _conv_4x4_s2(x, kernel), (x, kernel)
-
-
-def _conv_4x4_s2_bwd(res: tuple[Array, Array], g: Array) -> tuple[Array, Array]:
-    x, kernel = res
-    # y[i] = sum_k x[2i + k - 1] w[k]  =>  dx[j] = sum over 2i + k - 1 = j of g[i] w[k],
-    # a transposed conv of g with the kernel flipped in space and in/out swapped.
-    flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
-    dx = conv_transpose_4x4_s2(g, flipped)
-    _, vjp_w = jax.vjp(
-        lambda k: jax.lax.conv_general_dilated(x, k, (2, 2), "SAME", dimension_numbers=_DN),
-        kernel,
-    )
-    return dx, vjp_w(g)[0]
-
-
-_conv_4x4_s2.defvjp(_conv_4x4_s2_fwd, _conv_4x4_s2_bwd)
 
 
 class StridedConv(nn.Module):

@@ -1,0 +1,190 @@
+"""Convolutions that compute exactly what `lax.conv_general_dilated` and
+`lax.conv_transpose` compute, with gradients arranged for XLA's CPU backend.
+
+Two things are slow there (docs/speed.md):
+
+* Input-dilated convolutions (a transposed conv, or a strided conv's input gradient):
+  the 4x4 stride-2 transposed conv is computed as a stride-1 3x3 conv to 4x the
+  channels plus depth-to-space (`conv_transpose_4x4_s2`), and the strided conv's input
+  gradient that way too (`conv_4x4_s2`).
+* Kernel gradients: XLA computes one as a convolution over a copy of the input with
+  the batch dimension last, a strided gather that it fuses with the input's producer.
+  For the encoder's first strided conv (the learner's largest activations) that copy
+  took a sixth of the learner's time. A kernel gradient is a sum over the batch and
+  the positions, so here it is one matrix product per kernel tap over the flattened,
+  padded grid (`valid_kernel_grad`): the input is read as it is stored, and only the
+  narrower of input and output gradient is copied, shifted, per tap. This pays where
+  the input is wide and large (the strided convs, `space_to_depth_kernel_grad`) or the
+  output narrow (`narrow_conv`); for the 3x3 sub-pixel convs and the first 5x5 conv
+  XLA's own kernel gradient was faster, and they keep it (docs/speed.md).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from spiral_jax.types import Array
+
+_DN = ("NHWC", "HWIO", "NHWC")
+
+
+def _conv(x: Array, kernel: Array, stride: int, padding: str = "SAME") -> Array:
+    return jax.lax.conv_general_dilated(
+        x, kernel, (stride, stride), padding, dimension_numbers=_DN
+    )
+
+
+def _dot_over_rows(a: Array, b: Array) -> Array:
+    """a [K, M], b [K, N] -> a^T b [M, N], accumulated in float32."""
+    return jax.lax.dot_general(
+        a, b, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32
+    )
+
+
+def valid_kernel_grad(xp: Array, g: Array, kh: int, kw: int) -> Array:
+    """The kernel gradient [kh, kw, C_in, C_out] of y = VALID stride-1 conv(xp, w).
+
+    dw[i, j] = sum over n, u, v of xp[n, u + i, v + j] g[n, u, v]. With g zero-padded
+    to xp's grid and both flattened to rows (n, u, v), tap (i, j) pairs row k of g
+    with row k + i * W + j of xp, and no valid pair crosses an image's edge (the
+    padding is zero there), so each tap is one product over rows of xp's and g's
+    contiguous row ranges.
+    """
+    n, hp, wp, ci = xp.shape
+    co = g.shape[-1]
+    if g.shape[:3] != (n, hp - kh + 1, wp - kw + 1):
+        raise ValueError(f"output gradient {g.shape} does not fit input {xp.shape} and a "
+                         f"{kh}x{kw} VALID conv")
+    rows = n * hp * wp
+    xf = xp.reshape(rows, ci)
+    gf = jnp.pad(g, ((0, 0), (0, kh - 1), (0, kw - 1), (0, 0))).reshape(rows, co)
+    max_offset = (kh - 1) * wp + kw - 1
+    offsets = [i * wp + j for i in range(kh) for j in range(kw)]
+    if ci <= co:
+        # Slice the input per tap. g's last non-zero row is rows - max_offset - 1.
+        g_rows = gf[: rows - max_offset]
+        taps = [_dot_over_rows(xf[o : o + rows - max_offset], g_rows) for o in offsets]
+    else:
+        # Shift the (narrower) output gradient per tap: shifted[k] = g[k - o].
+        g_front = jnp.pad(gf, ((max_offset, 0), (0, 0)))
+        taps = [
+            _dot_over_rows(xf, g_front[max_offset - o : max_offset - o + rows])
+            for o in offsets
+        ]
+    return jnp.stack(taps).reshape(kh, kw, ci, co)
+
+
+def _pad_same(x: Array, kh: int, kw: int) -> Array:
+    """x padded as a stride-1 SAME conv pads it (the extra row or column after)."""
+    return jnp.pad(
+        x, ((0, 0), ((kh - 1) // 2, kh // 2), ((kw - 1) // 2, kw // 2), (0, 0))
+    )
+
+
+@jax.custom_vjp
+def conv_same(x: Array, kernel: Array) -> Array:
+    """A stride-1 SAME convolution (NHWC, HWIO) whose kernel gradient is
+    `valid_kernel_grad`. Values and gradients are those of `lax.conv_general_dilated`."""
+    return _conv(x, kernel, 1)
+
+
+def _conv_same_fwd(x: Array, kernel: Array) -> tuple[Array, tuple[Array, Array]]:
+    return conv_same(x, kernel), (x, kernel)
+
+
+def _conv_same_bwd(res: tuple[Array, Array], g: Array) -> tuple[Array, Array]:
+    x, kernel = res
+    kh, kw = kernel.shape[:2]
+    _, vjp_x = jax.vjp(lambda x: _conv(x, kernel, 1), x)
+    dw = valid_kernel_grad(_pad_same(x, kh, kw), g.astype(x.dtype), kh, kw)
+    return vjp_x(g)[0], dw.astype(kernel.dtype)
+
+
+conv_same.defvjp(_conv_same_fwd, _conv_same_bwd)
+
+# A conv to a few output channels (the decoders' final conv to one logit per cell):
+# the same function. The name stays for the layer that uses it.
+narrow_conv = conv_same
+
+
+# lax.conv_transpose (stride 2, SAME, 4 taps) sends input i through tap k to output
+# 2i + 2 - k. Output 2m + p therefore reads input m + d through tap _TAP[(p, d)].
+_TAP = {(0, -1): 0, (0, 0): 2, (1, 0): 1, (1, 1): 3}
+
+
+def _subpixel_kernel(kernel: Array) -> Array:
+    """[4, 4, Ci, Co] transposed-conv kernel -> [3, 3, Ci, 4 * Co] sub-pixel kernel."""
+    ci, co = kernel.shape[2], kernel.shape[3]
+    sub = jnp.zeros((3, 3, ci, 2, 2, co), kernel.dtype)
+    for (py, dy), ky in _TAP.items():
+        for (px, dx), kx in _TAP.items():
+            sub = sub.at[dy + 1, dx + 1, :, py, px, :].set(kernel[ky, kx])
+    return sub.reshape(3, 3, ci, 4 * co)
+
+
+def conv_transpose_4x4_s2(x: Array, kernel: Array) -> Array:
+    """`lax.conv_transpose(x, kernel, (2, 2), "SAME")` for a 4x4 kernel, computed as a
+    stride-1 3x3 conv to 4 * C_out channels followed by depth-to-space.
+
+    The same function (tested against Flax's ConvTranspose and a numpy brute force),
+    but XLA's CPU backend runs the input-dilated convolution that `conv_transpose`
+    lowers to, and its weight gradient, 4-5x slower than this.
+    """
+    n, h, w, _ = x.shape
+    co = kernel.shape[-1]
+    x = x.astype(kernel.dtype)  # the kernel's dtype is the compute dtype
+    y = _conv(x, _subpixel_kernel(kernel), 1)
+    y = y.reshape(n, h, w, 2, 2, co).transpose(0, 1, 3, 2, 4, 5)
+    return y.reshape(n, 2 * h, 2 * w, co)
+
+
+def conv_4x4_s2(x: Array, kernel: Array) -> Array:
+    """A 4x4, stride-2, SAME convolution in the kernel's dtype; see `_conv_4x4_s2`."""
+    return _conv_4x4_s2(x.astype(kernel.dtype), kernel)
+
+
+def space_to_depth_kernel_grad(x: Array, g: Array) -> Array:
+    """The kernel gradient [4, 4, C_in, C_out] of a 4x4 stride-2 SAME conv.
+
+    SAME pads one row and column on each side; in 2x2 blocks of the padded input
+    (space-to-depth, a copy that moves runs of C_in values) the conv is a 2x2 VALID
+    stride-1 conv, whose kernel gradient is `valid_kernel_grad`. Kernel row 2 * dy + r
+    reads block row i + dy, row r within it.
+    """
+    n, h, w, ci = x.shape
+    co = g.shape[-1]
+    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    hs, ws = h // 2 + 1, w // 2 + 1
+    blocks = xp.reshape(n, hs, 2, ws, 2, ci).transpose(0, 1, 3, 2, 4, 5)
+    dw = valid_kernel_grad(blocks.reshape(n, hs, ws, 4 * ci), g.astype(x.dtype), 2, 2)
+    dw = dw.reshape(2, 2, 2, 2, ci, co)  # dy, dx, r, s
+    return dw.transpose(0, 2, 1, 3, 4, 5).reshape(4, 4, ci, co)
+
+
+@jax.custom_vjp
+def _conv_4x4_s2(x: Array, kernel: Array) -> Array:
+    """A 4x4, stride-2, SAME convolution (NHWC, even H and W).
+
+    Its input gradient is a stride-2 transposed convolution, computed with
+    `conv_transpose_4x4_s2`: XLA's CPU backend runs the default (input-dilated) one
+    about 5x slower. Its kernel gradient is `space_to_depth_kernel_grad`. Values and
+    gradients are those of `lax.conv_general_dilated`.
+    """
+    return _conv(x, kernel, 2)
+
+
+def _conv_4x4_s2_fwd(x: Array, kernel: Array) -> tuple[Array, tuple[Array, Array]]:
+    return _conv_4x4_s2(x, kernel), (x, kernel)
+
+
+def _conv_4x4_s2_bwd(res: tuple[Array, Array], g: Array) -> tuple[Array, Array]:
+    x, kernel = res
+    # y[i] = sum_k x[2i + k - 1] w[k]  =>  dx[j] = sum over 2i + k - 1 = j of g[i] w[k],
+    # a transposed conv of g with the kernel flipped in space and in/out swapped.
+    flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
+    dx = conv_transpose_4x4_s2(g, flipped)
+    return dx, space_to_depth_kernel_grad(x, g).astype(kernel.dtype)
+
+
+_conv_4x4_s2.defvjp(_conv_4x4_s2_fwd, _conv_4x4_s2_bwd)

@@ -1,0 +1,123 @@
+"""The CPU-arranged convolutions' kernel gradients (spiral_jax.cpu_conv) against a
+float64 numpy brute force of the sums that define them."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from spiral_jax import cpu_conv
+
+
+def _np_same_pad(x: np.ndarray, kh: int, kw: int) -> np.ndarray:
+    """Pads as a stride-1 SAME conv does: (k - 1) // 2 before, k // 2 after."""
+    return np.pad(x, ((0, 0), ((kh - 1) // 2, kh // 2), ((kw - 1) // 2, kw // 2), (0, 0)))
+
+
+def _np_conv_same_and_grads(x, w, g):
+    """y = SAME stride-1 conv(x, w) and the vjp of g, summed term by term in float64:
+    y[u, v] = sum_ij xp[u + i, v + j] w[i, j]."""
+    kh, kw = w.shape[:2]
+    n, h, wd, _ = x.shape
+    xp = _np_same_pad(x, kh, kw)
+    y = np.zeros((n, h, wd, w.shape[-1]))
+    dxp = np.zeros_like(xp)
+    dw = np.zeros_like(w)
+    for i in range(kh):
+        for j in range(kw):
+            window = xp[:, i : i + h, j : j + wd]
+            y += window @ w[i, j]
+            dw[i, j] = np.einsum("nhwc,nhwo->co", window, g)
+            dxp[:, i : i + h, j : j + wd] += g @ w[i, j].T
+    p, q = (kh - 1) // 2, (kw - 1) // 2
+    return y, dxp[:, p : p + h, q : q + wd], dw
+
+
+# Kernels odd and even, square and not; C_in below, equal to and above C_out (the two
+# ways valid_kernel_grad slices); images not square.
+@pytest.mark.parametrize(
+    "kh,kw,cin,cout", [(3, 3, 2, 7), (3, 3, 6, 6), (5, 5, 3, 4), (1, 1, 5, 3), (4, 2, 6, 2),
+                       (3, 3, 9, 1)]
+)
+def test_conv_same_values_and_gradients_match_float64_brute_force(kh, kw, cin, cout):
+    rng = np.random.default_rng(kh * 100 + kw * 10 + cin)
+    x = rng.normal(size=(3, 6, 5, cin))
+    w = rng.normal(size=(kh, kw, cin, cout))
+    g = rng.normal(size=(3, 6, 5, cout))
+    y, vjp = jax.vjp(cpu_conv.conv_same, jnp.asarray(x, jnp.float32), jnp.asarray(w, jnp.float32))
+    dx, dw = vjp(jnp.asarray(g, jnp.float32))
+    y_ref, dx_ref, dw_ref = _np_conv_same_and_grads(x, w, g)
+    np.testing.assert_allclose(y, y_ref, atol=1e-4, rtol=1e-5)
+    np.testing.assert_allclose(dx, dx_ref, atol=1e-4, rtol=1e-5)
+    np.testing.assert_allclose(dw, dw_ref, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("cin,cout", [(3, 5), (8, 2)])
+def test_strided_conv_kernel_gradient_matches_float64_brute_force(cin, cout):
+    """dw[ky, kx] = sum over n, i, j of x[2i + ky - 1, 2j + kx - 1] g[i, j] (zero
+    outside the image), for the 4x4 stride-2 SAME conv, through its custom vjp."""
+    rng = np.random.default_rng(cin * 10 + cout)
+    x = rng.normal(size=(2, 8, 6, cin))
+    w = rng.normal(size=(4, 4, cin, cout))
+    g = rng.normal(size=(2, 4, 3, cout))
+    xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    dw_ref = np.zeros_like(w)
+    for ky in range(4):
+        for kx in range(4):
+            window = xp[:, ky : ky + 8 : 2, kx : kx + 6 : 2]
+            dw_ref[ky, kx] = np.einsum("nhwc,nhwo->co", window, g)
+    got = cpu_conv.space_to_depth_kernel_grad(jnp.asarray(x, jnp.float32),
+                                              jnp.asarray(g, jnp.float32))
+    np.testing.assert_allclose(got, dw_ref, atol=1e-4, rtol=1e-5)
+    _, vjp = jax.vjp(cpu_conv.conv_4x4_s2, jnp.asarray(x, jnp.float32),
+                     jnp.asarray(w, jnp.float32))
+    np.testing.assert_allclose(vjp(jnp.asarray(g, jnp.float32))[1], dw_ref, atol=1e-4,
+                               rtol=1e-5)
+
+
+def test_transposed_conv_kernel_gradient_matches_autodiff_of_lax():
+    """The sub-pixel transposed conv now differentiates through conv_same: its kernel
+    gradient is still lax.conv_transpose's."""
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.normal(size=(2, 4, 5, 3)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(4, 4, 3, 6)), jnp.float32)
+    g = jnp.asarray(rng.normal(size=(2, 8, 10, 6)), jnp.float32)
+    _, vjp_fast = jax.vjp(cpu_conv.conv_transpose_4x4_s2, x, w)
+    _, vjp_ref = jax.vjp(lambda x, w: jax.lax.conv_transpose(
+        x, w, (2, 2), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")), x, w)
+    for got, want in zip(vjp_fast(g), vjp_ref(g), strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-5)
+
+
+def test_second_order_gradients_match_lax():
+    """The critic's gradient penalty differentiates an input gradient with respect to
+    the kernel: through these custom vjps it equals the same through lax's convs."""
+    rng = np.random.default_rng(5)
+    x = jnp.asarray(rng.normal(size=(2, 8, 8, 3)), jnp.float32)
+    w1 = jnp.asarray(rng.normal(size=(4, 4, 3, 4)) * 0.3, jnp.float32)
+    w2 = jnp.asarray(rng.normal(size=(3, 3, 4, 2)) * 0.3, jnp.float32)
+    dn = ("NHWC", "HWIO", "NHWC")
+
+    def penalty(strided, same):
+        def critic(x, w1, w2):
+            return jnp.sum(jnp.tanh(same(jax.nn.relu(strided(x, w1)), w2)))
+
+        def gp(w1, w2):
+            return jnp.sum(jax.grad(critic)(x, w1, w2) ** 2)
+
+        return jax.grad(gp, argnums=(0, 1))(w1, w2)
+
+    got = penalty(cpu_conv.conv_4x4_s2, cpu_conv.conv_same)
+    want = penalty(lambda x, w: jax.lax.conv_general_dilated(x, w, (2, 2), "SAME",
+                                                             dimension_numbers=dn),
+                   lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                                             dimension_numbers=dn))
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_valid_kernel_grad_rejects_a_mismatched_output_gradient():
+    with pytest.raises(ValueError, match=r"does not fit input \(2, 6, 6, 3\) and a 3x3"):
+        cpu_conv.valid_kernel_grad(jnp.zeros((2, 6, 6, 3)), jnp.zeros((2, 5, 4, 1)), 3, 3)
