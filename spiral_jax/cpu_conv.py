@@ -10,7 +10,7 @@ Two things are slow there (docs/speed.md):
 * Kernel gradients: XLA computes one as a convolution over a copy of the input with
   the batch dimension last, a strided gather that it fuses with the input's producer.
   For the encoder's first strided conv (the learner's largest activations) that copy
-  took a sixth of the learner's time. A kernel gradient is a sum over the batch and
+  took about a fifth of the learner's operation time. A kernel gradient is a sum over the batch and
   the positions, so here it is one matrix product per kernel tap over the flattened,
   padded grid (`valid_kernel_grad`): the input is read as it is stored, and only the
   narrower of input and output gradient is copied, shifted, per tap. This pays where
@@ -29,10 +29,8 @@ from spiral_jax.types import Array
 _DN = ("NHWC", "HWIO", "NHWC")
 
 
-def _conv(x: Array, kernel: Array, stride: int, padding: str = "SAME") -> Array:
-    return jax.lax.conv_general_dilated(
-        x, kernel, (stride, stride), padding, dimension_numbers=_DN
-    )
+def _conv(x: Array, kernel: Array, stride: int) -> Array:
+    return jax.lax.conv_general_dilated(x, kernel, (stride, stride), "SAME", dimension_numbers=_DN)
 
 
 def _dot_over_rows(a: Array, b: Array) -> Array:

@@ -26,7 +26,6 @@ from flax.linen.dtypes import promote_dtype
 
 from spiral_jax.cpu_conv import (  # noqa: F401 (re-exported: the layers' functions)
     conv_4x4_s2,
-    conv_same,
     conv_transpose_4x4_s2,
     narrow_conv,
 )

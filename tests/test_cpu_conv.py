@@ -78,8 +78,8 @@ def test_strided_conv_kernel_gradient_matches_float64_brute_force(cin, cout):
 
 
 def test_transposed_conv_kernel_gradient_matches_autodiff_of_lax():
-    """The sub-pixel transposed conv now differentiates through conv_same: its kernel
-    gradient is still lax.conv_transpose's."""
+    """The sub-pixel transposed conv (differentiated by autodiff through a stride-1
+    conv and depth-to-space) has lax.conv_transpose's input and kernel gradients."""
     rng = np.random.default_rng(3)
     x = jnp.asarray(rng.normal(size=(2, 4, 5, 3)), jnp.float32)
     w = jnp.asarray(rng.normal(size=(4, 4, 3, 6)), jnp.float32)
