@@ -33,6 +33,14 @@ def _conv(x: Array, kernel: Array, stride: int) -> Array:
     return jax.lax.conv_general_dilated(x, kernel, (stride, stride), "SAME", dimension_numbers=_DN)
 
 
+# Up to this many output-gradient columns over all taps, valid_kernel_grad makes one
+# product of all the shifted copies side by side: a product with a few columns is
+# bound by reading the input, and the decoders' final conv (one channel, 9 taps) then
+# reads it once instead of 9 times (its kernel gradient went from 187 to 21 ms a
+# learner call in a profile; docs/speed.md).
+_CONCAT_COLUMNS = 32
+
+
 def _dot_over_rows(a: Array, b: Array) -> Array:
     """a [K, M], b [K, N] -> a^T b [M, N], accumulated in float32."""
     return jax.lax.dot_general(
@@ -47,7 +55,8 @@ def valid_kernel_grad(xp: Array, g: Array, kh: int, kw: int) -> Array:
     to xp's grid and both flattened to rows (n, u, v), tap (i, j) pairs row k of g
     with row k + i * W + j of xp, and no valid pair crosses an image's edge (the
     padding is zero there), so each tap is one product over rows of xp's and g's
-    contiguous row ranges.
+    contiguous row ranges. For a narrow output gradient, the per-tap shifts are
+    concatenated into one product (`_CONCAT_COLUMNS`).
     """
     n, hp, wp, ci = xp.shape
     co = g.shape[-1]
@@ -63,13 +72,14 @@ def valid_kernel_grad(xp: Array, g: Array, kh: int, kw: int) -> Array:
         # Slice the input per tap. g's last non-zero row is rows - max_offset - 1.
         g_rows = gf[: rows - max_offset]
         taps = [_dot_over_rows(xf[o : o + rows - max_offset], g_rows) for o in offsets]
-    else:
-        # Shift the (narrower) output gradient per tap: shifted[k] = g[k - o].
-        g_front = jnp.pad(gf, ((max_offset, 0), (0, 0)))
-        taps = [
-            _dot_over_rows(xf, g_front[max_offset - o : max_offset - o + rows])
-            for o in offsets
-        ]
+        return jnp.stack(taps).reshape(kh, kw, ci, co)
+    # Shift the (narrower) output gradient per tap: shifted[k] = g[k - o].
+    g_front = jnp.pad(gf, ((max_offset, 0), (0, 0)))
+    shifted = [g_front[max_offset - o : max_offset - o + rows] for o in offsets]
+    if co * len(offsets) <= _CONCAT_COLUMNS:
+        dw = _dot_over_rows(xf, jnp.concatenate(shifted, axis=1))  # [ci, taps * co]
+        return dw.reshape(ci, kh, kw, co).transpose(1, 2, 0, 3)
+    taps = [_dot_over_rows(xf, s) for s in shifted]
     return jnp.stack(taps).reshape(kh, kw, ci, co)
 
 
