@@ -4,9 +4,9 @@
 Two things are slow there (docs/speed.md):
 
 * Input-dilated convolutions (a transposed conv, or a strided conv's input gradient):
-  the 4x4 stride-2 transposed conv is computed as a stride-1 3x3 conv to 4x the
-  channels plus depth-to-space (`conv_transpose_4x4_s2`), and the strided conv's input
-  gradient that way too (`conv_4x4_s2`).
+  the 4x4 stride-2 transposed conv is computed as a stride-1 2x2 conv to its four
+  output phases plus depth-to-space (`conv_transpose_4x4_s2`), and the strided conv's
+  input gradient that way too (`conv_4x4_s2`).
 * Kernel gradients: XLA computes one as a convolution over a copy of the input with
   the batch dimension last, a strided gather that it fuses with the input's producer.
   For the encoder's first strided conv (the learner's largest activations) that copy
@@ -116,35 +116,79 @@ conv_same.defvjp(_conv_same_fwd, _conv_same_bwd)
 narrow_conv = conv_same
 
 
-# lax.conv_transpose (stride 2, SAME, 4 taps) sends input i through tap k to output
-# 2i + 2 - k. Output 2m + p therefore reads input m + d through tap _TAP[(p, d)].
-_TAP = {(0, -1): 0, (0, 0): 2, (1, 0): 1, (1, 1): 3}
+# lax.conv_transpose (stride 2, SAME, a 4x4 kernel) sends input i through tap k to
+# output 2i + 2 - k, so output 2m + p reads input m + a - 1 + p through tap 2a + p
+# (a = 0, 1): each output phase p is a 2-tap conv of the input.
 
 
-def _subpixel_kernel(kernel: Array) -> Array:
-    """[4, 4, Ci, Co] transposed-conv kernel -> [3, 3, Ci, 4 * Co] sub-pixel kernel."""
+def _phase_kernel(kernel: Array) -> Array:
+    """[4, 4, Ci, Co] transposed-conv kernel -> [2, 2, Ci, 4 * Co], tap (2a + p, 2b + q)
+    to position (a, b) and output channels (p, q, Co)."""
     ci, co = kernel.shape[2], kernel.shape[3]
-    sub = jnp.zeros((3, 3, ci, 2, 2, co), kernel.dtype)
-    for (py, dy), ky in _TAP.items():
-        for (px, dx), kx in _TAP.items():
-            sub = sub.at[dy + 1, dx + 1, :, py, px, :].set(kernel[ky, kx])
-    return sub.reshape(3, 3, ci, 4 * co)
+    phases = kernel.reshape(2, 2, 2, 2, ci, co).transpose(0, 2, 4, 1, 3, 5)
+    return phases.reshape(2, 2, ci, 4 * co)
+
+
+def _phase_kernel_inverse(sub: Array) -> Array:
+    """[2, 2, Ci, 4 * Co] -> [4, 4, Ci, Co], the inverse of `_phase_kernel`."""
+    ci, co = sub.shape[2], sub.shape[3] // 4
+    return sub.reshape(2, 2, ci, 2, 2, co).transpose(0, 3, 1, 4, 2, 5).reshape(4, 4, ci, co)
 
 
 def conv_transpose_4x4_s2(x: Array, kernel: Array) -> Array:
-    """`lax.conv_transpose(x, kernel, (2, 2), "SAME")` for a 4x4 kernel, computed as a
-    stride-1 3x3 conv to 4 * C_out channels followed by depth-to-space.
+    """`lax.conv_transpose(x, kernel, (2, 2), "SAME")` for a 4x4 kernel, in the kernel's
+    dtype; see `_conv_transpose_4x4_s2`."""
+    return _conv_transpose_4x4_s2(x.astype(kernel.dtype), kernel)
 
-    The same function (tested against Flax's ConvTranspose and a numpy brute force),
-    but XLA's CPU backend runs the input-dilated convolution that `conv_transpose`
-    lowers to, and its weight gradient, 4-5x slower than this.
+
+@jax.custom_vjp
+def _conv_transpose_4x4_s2(x: Array, kernel: Array) -> Array:
+    """The transposed conv as one 2x2 VALID conv of the padded input to its four output
+    phases' channels, (H + 1) x (W + 1) positions, of which phase (p, q) keeps rows
+    p.. p + H - 1 and columns q.. q + W - 1, interleaved (depth-to-space).
+
+    The same function as `lax.conv_transpose` (tested against Flax's ConvTranspose and
+    a numpy brute force), but XLA's CPU backend runs the input-dilated convolution
+    that `conv_transpose` lowers to, and its kernel gradient, 4-5x slower. The 2x2
+    form does the 16 taps' work a 3x3 sub-pixel conv to 4 * C_out channels would do
+    in 36 (docs/speed.md). Its input gradient is the 4x4 stride-2 conv of the output
+    gradient with the kernel flipped, and its kernel gradient `valid_kernel_grad` over
+    the output gradient's phases.
     """
     n, h, w, _ = x.shape
     co = kernel.shape[-1]
-    x = x.astype(kernel.dtype)  # the kernel's dtype is the compute dtype
-    y = _conv(x, _subpixel_kernel(kernel), 1)
-    y = y.reshape(n, h, w, 2, 2, co).transpose(0, 1, 3, 2, 4, 5)
-    return y.reshape(n, 2 * h, 2 * w, co)
+    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    y = jax.lax.conv_general_dilated(
+        xp, _phase_kernel(kernel), (1, 1), "VALID", dimension_numbers=_DN
+    ).reshape(n, h + 1, w + 1, 2, 2, co)
+    rows = [
+        jnp.stack([y[:, p : p + h, q : q + w, p, q] for q in range(2)], axis=3)
+        for p in range(2)
+    ]
+    return jnp.stack(rows, axis=2).reshape(n, 2 * h, 2 * w, co)  # n, h, p, w, q, co
+
+
+def _conv_transpose_4x4_s2_fwd(x: Array, kernel: Array) -> tuple[Array, tuple[Array, Array]]:
+    return _conv_transpose_4x4_s2(x, kernel), (x, kernel)
+
+
+def _conv_transpose_4x4_s2_bwd(res: tuple[Array, Array], g: Array) -> tuple[Array, Array]:
+    x, kernel = res
+    n, h, w, _ = x.shape
+    co = kernel.shape[-1]
+    # out[2m + p] = sum_a x[m + a - 1 + p] k[2a + p]  =>  dx[j] = sum_i g[2j + i - 1]
+    # k[3 - i]: a strided conv of g with the kernel flipped and in/out swapped.
+    dx = _conv(g, jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2), 2)
+    # The 2x2 conv's output gradient: phase (p, q) of g where the forward kept it.
+    g = g.reshape(n, h, 2, w, 2, co)
+    pad = lambda p, q: ((0, 0), (p, 1 - p), (q, 1 - q), (0, 0))  # noqa: E731
+    rows = [jnp.stack([jnp.pad(g[:, :, p, :, q], pad(p, q)) for q in range(2)], 3) for p in (0, 1)]
+    gy = jnp.stack(rows, axis=3).reshape(n, h + 1, w + 1, 4 * co)
+    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    return dx, _phase_kernel_inverse(valid_kernel_grad(xp, gy, 2, 2))
+
+
+_conv_transpose_4x4_s2.defvjp(_conv_transpose_4x4_s2_fwd, _conv_transpose_4x4_s2_bwd)
 
 
 def conv_4x4_s2(x: Array, kernel: Array) -> Array:

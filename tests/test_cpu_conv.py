@@ -79,8 +79,9 @@ def test_strided_conv_kernel_gradient_matches_float64_brute_force(cin, cout):
 
 
 def test_transposed_conv_kernel_gradient_matches_autodiff_of_lax():
-    """The sub-pixel transposed conv (differentiated by autodiff through a stride-1
-    conv and depth-to-space) has lax.conv_transpose's input and kernel gradients."""
+    """The transposed conv's custom vjp (a strided conv for the input, products over
+    the output gradient's phases for the kernel) gives lax.conv_transpose's input and
+    kernel gradients, on images not square."""
     rng = np.random.default_rng(3)
     x = jnp.asarray(rng.normal(size=(2, 4, 5, 3)), jnp.float32)
     w = jnp.asarray(rng.normal(size=(4, 4, 3, 6)), jnp.float32)
