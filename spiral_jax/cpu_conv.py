@@ -10,13 +10,14 @@ Two things are slow there (docs/speed.md):
 * Kernel gradients: XLA computes one as a convolution over a copy of the input with
   the batch dimension last, a strided gather that it fuses with the input's producer.
   For the encoder's first strided conv (the learner's largest activations) that copy
-  took about a fifth of the learner's operation time. A kernel gradient is a sum over the batch and
-  the positions, so here it is one matrix product per kernel tap over the flattened,
+  took about a fifth of the learner's operation time. A kernel gradient is a sum over
+  the batch and the positions, so here it is one matrix product per kernel tap over the flattened,
   padded grid (`valid_kernel_grad`): the input is read as it is stored, and only the
   narrower of input and output gradient is copied, shifted, per tap. This pays where
   the input is wide and large (the strided convs, `space_to_depth_kernel_grad`) or the
-  output narrow (`narrow_conv`); for the 3x3 sub-pixel convs and the first 5x5 conv
-  XLA's own kernel gradient was faster, and they keep it (docs/speed.md).
+  output narrow (`narrow_conv`), and for the transposed conv's 2x2 conv; for the first
+  5x5 conv (3 input channels) and the 3x3 convs of the residual stacks XLA's own
+  kernel gradient was faster, and they keep it (docs/speed.md).
 """
 
 from __future__ import annotations
