@@ -11,8 +11,8 @@ Two things are slow there (docs/speed.md):
   the batch dimension last, a strided gather that it fuses with the input's producer.
   For the encoder's first strided conv (the learner's largest activations) that copy
   took about a fifth of the learner's operation time. A kernel gradient is a sum over
-  the batch and the positions, so here it is one matrix product per kernel tap over the flattened,
-  padded grid (`valid_kernel_grad`): the input is read as it is stored, and only the
+  the batch and the positions, so here it is one matrix product per kernel tap over the
+  flattened, padded grid (`valid_kernel_grad`): the input is read as it is stored, and only the
   narrower of input and output gradient is copied, shifted, per tap. This pays where
   the input is wide and large (the strided convs, `space_to_depth_kernel_grad`) or the
   output narrow (`narrow_conv`), and for the transposed conv's 2x2 conv; for the first
@@ -186,7 +186,8 @@ def _conv_transpose_4x4_s2_bwd(res: tuple[Array, Array], g: Array) -> tuple[Arra
     rows = [jnp.stack([jnp.pad(g[:, :, p, :, q], pad(p, q)) for q in range(2)], 3) for p in (0, 1)]
     gy = jnp.stack(rows, axis=3).reshape(n, h + 1, w + 1, 4 * co)
     xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    return dx, _phase_kernel_inverse(valid_kernel_grad(xp, gy, 2, 2))
+    dk = _phase_kernel_inverse(valid_kernel_grad(xp, gy, 2, 2))
+    return dx.astype(x.dtype), dk.astype(kernel.dtype)
 
 
 _conv_transpose_4x4_s2.defvjp(_conv_transpose_4x4_s2_fwd, _conv_transpose_4x4_s2_bwd)

@@ -123,3 +123,20 @@ def test_second_order_gradients_match_lax():
 def test_valid_kernel_grad_rejects_a_mismatched_output_gradient():
     with pytest.raises(ValueError, match=r"does not fit input \(2, 6, 6, 3\) and a 3x3"):
         cpu_conv.valid_kernel_grad(jnp.zeros((2, 6, 6, 3)), jnp.zeros((2, 5, 4, 1)), 3, 3)
+
+
+def test_gradients_keep_a_bfloat16_compute_dtype():
+    """With the agent's bfloat16 compute dtype, the custom vjps return gradients in
+    the primal's dtype (their products accumulate in float32)."""
+    rng = np.random.default_rng(8)
+    x = jnp.asarray(rng.uniform(size=(2, 4, 4, 3)), jnp.bfloat16)
+    for conv, shape in ((cpu_conv.conv_transpose_4x4_s2, (4, 4, 3, 5)),
+                        (cpu_conv.conv_4x4_s2, (4, 4, 3, 5)),
+                        (cpu_conv.narrow_conv, (3, 3, 3, 1))):
+        kernel = jnp.asarray(rng.uniform(size=shape), jnp.bfloat16)
+        loss = lambda x, k: jnp.sum(conv(x, k).astype(jnp.float32) ** 2)  # noqa: B023, E731
+        dx, dk = jax.grad(loss, argnums=(0, 1))(x, kernel)
+        assert (dx.dtype, dk.dtype) == (jnp.bfloat16, jnp.bfloat16), conv
+        want = jax.grad(loss, argnums=(0, 1))(x.astype(jnp.float32), kernel.astype(jnp.float32))
+        for got, ref in zip((dx, dk), want, strict=True):
+            np.testing.assert_allclose(got.astype(jnp.float32), ref, rtol=3e-2, atol=3e-2)
