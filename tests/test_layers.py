@@ -167,8 +167,8 @@ def test_coord_conv_is_flax_conv_of_images_and_coordinates(channels):
 @pytest.mark.parametrize("kernel,cin,cout", [(3, 5, 1), (3, 4, 2), (5, 3, 1)])
 def test_narrow_conv_values_and_gradients_match_brute_force(kernel, cin, cout):
     """narrow_conv computes lax's stride-1 SAME conv; its custom kernel gradient (one
-    product per tap with a shifted copy of the output gradient) and input gradient equal
-    the float64 brute force's: dw[i, j] = sum x_pad[u + i, v + j] g[u, v]."""
+    product with the output gradient's shifted copies side by side) and input gradient
+    equal the float64 brute force's: dw[i, j] = sum x_pad[u + i, v + j] g[u, v]."""
     rng = np.random.default_rng(kernel * 10 + cout)
     x = rng.normal(size=(2, 6, 7, cin))
     w = rng.normal(size=(kernel, kernel, cin, cout))

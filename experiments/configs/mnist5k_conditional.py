@@ -26,8 +26,9 @@ def get_config():
     c.learner.ema_decay = 0.995
     c.learner.vtrace_lambda = 0.8  # with the decay: greedy 0.558 against 0.630 (docs/results.md)
     # 1.9 steps/s on two idle cores: --max_minutes=60 stopped it at step 6,866, with
-    # 0.1 % of the rate left (docs/results.md). That was before the faster strided-conv
-    # gradients (docs/speed.md), with which the 7,000 steps may end sooner (not rerun).
+    # 0.1 % of the rate left (docs/results.md). On another VM, with the later faster
+    # convolutions (docs/speed.md), its first 4 minutes ran at about 1.8 steps/s: the speed
+    # of the VM decides where an hour ends.
     c.num_train_steps = 7_000
     c.learner.lr_decay_steps = 7_000
     c.learner.max_grad_norm = 0.5  # median norm 0.19: clips the top ~1 % (docs/results.md)
