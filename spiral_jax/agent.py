@@ -1,9 +1,10 @@
 """SPIRAL's default agent (Ganin et al., ICML 2018, arXiv:1804.01118) in Flax linen.
 
 A layer-by-layer rebuild of deepmind/spiral's `spiral/agents/default.py` and
-`spiral/agents/utils.py` (TF1 / Sonnet 1), plus two extensions: a conditional input
-(the target image beside the canvas) and configurable sizes, so that a small variant
-trains on a CPU. `AgentConfig()`, the default, reproduces SPIRAL's network.
+`spiral/agents/utils.py` (TF1 / Sonnet 1), plus three extensions: a conditional input
+(the target image beside the canvas), configurable sizes, so that a small variant
+trains on a CPU, and optional U-Net skips from the torso's encoder into the location
+decoders. `AgentConfig()`, the default, reproduces SPIRAL's network.
 
 Layers, for a canvas of width W and an action grid of width G (paper: W=64, G=32;
 `c` = `AgentConfig.channels`, 32 in the paper; `r` = `num_res_blocks`, 8; `h` =
@@ -38,6 +39,10 @@ six brush sizes) has 1,613,329 parameters::
                -> 3x3 conv c -> r res blocks -> ReLU
                -> log2(G / 4) transposed convs 4x4, c, stride 2, ReLU
                   (4 -> 8 -> 16 -> 32 for G = 32; 2 stages for G = 16, 1 for G = 8)
+                  [`decoder_skips` = s > 0, not in SPIRAL: as in a U-Net, stage i < s
+                  adds a 1x1 conv c of the encoder's map of its size before its ReLU:
+                  the encoder's ReLU'd 8x8 output, then the stride-2 convs' outputs,
+                  16x16, 32x32, ...]
                -> 3x3 conv to 1 channel -> flatten to G^2 logits, index y * G + x
     other      Linear(number of choices)
     feedback   after sampling part k: e = Linear(16)(action features of k);
@@ -103,6 +108,7 @@ class AgentConfig:
     embed_dim: int = 16  # width of every action embedding
     residual_hidden: tuple[int, ...] = (16, 32)  # hidden widths of the heads' residual MLPs
     noise_dim: int = 10  # per-episode N(0, 1) noise of unconditional agents; 0 = none
+    decoder_skips: int = 0  # U-Net skips from the encoder into location decoders (not SPIRAL)
     conditional: bool = False  # also sees a target image (conditional agents get no noise)
     dtype: str = "float32"  # compute dtype (float32 | bfloat16); parameters stay float32
 
@@ -123,7 +129,7 @@ class AgentConfig:
             value = getattr(self, name)
             if not is_int(value) or value < 1:
                 raise ValueError(f"agent.{name}={value!r}: must be a positive int")
-        for name in ("num_res_blocks", "noise_dim"):
+        for name in ("num_res_blocks", "noise_dim", "decoder_skips"):
             value = getattr(self, name)
             if not is_int(value) or value < 0:
                 raise ValueError(f"agent.{name}={value!r}: must be an int >= 0")
@@ -195,7 +201,9 @@ class Torso(nn.Module):
         observation: Mapping[str, Any],
         prev_action: Mapping[str, Array],
         noise: Array | None,
-    ) -> Array:
+    ) -> tuple[Array, tuple[Array, ...]]:
+        """-> (the Linear's output [N, torso_output], the encoder's maps coarsest first:
+        its ReLU'd output at 8x8, then the stride-2 convs' outputs up to W/2)."""
         cfg = self.config
         canvas = observation["canvas"]
         n, height, width, _ = canvas.shape
@@ -219,9 +227,11 @@ class Torso(nn.Module):
             cond = cond + layers.MLP(cfg.noise_hidden + (cfg.channels,), name="noise_mlp")(noise)
         h = nn.relu(h + cond[:, None, None, :])
 
-        h = layers.ConvEncoder(cfg.channels, cfg.num_res_blocks, stages, name="encoder")(h)
-        h = h.reshape(n, -1)
-        return dense(cfg.torso_output, "linear")(nn.relu(h))
+        h, maps = layers.ConvEncoder(cfg.channels, cfg.num_res_blocks, stages, name="encoder")(h)
+        h = nn.relu(h)
+        # The 8x8 level is the encoder's output; its last strided conv's (also 8x8) is not.
+        maps = (h,) + maps[1:]
+        return dense(cfg.torso_output, "linear")(h.reshape(n, -1)), maps
 
 
 class AutoregressiveHeads(nn.Module):
@@ -235,11 +245,15 @@ class AutoregressiveHeads(nn.Module):
     def __call__(
         self,
         z: Array,
+        maps: tuple[Array, ...] = (),
         key: Array | None = None,
         actions: Mapping[str, Array] | None = None,
         greedy: bool = False,
     ) -> tuple[dict[str, Array], dict[str, Array]]:
         """z [N, lstm_size] -> (logits, actions), dicts in spec order.
+
+        `maps`: the torso's encoder maps, coarsest first; the location decoders take the
+        first `decoder_skips` of them (the 8x8 one first).
 
         Either `key` (sample; with `greedy`, take each part's most likely choice given
         the parts before it) or `actions` (teacher-force) must be given.
@@ -251,6 +265,12 @@ class AutoregressiveHeads(nn.Module):
         order = head_order(spec)
         keys = jax.random.split(key, len(order)) if actions is None else None
         n = z.shape[0]
+        skips = tuple(maps[: cfg.decoder_skips])
+        if len(skips) < cfg.decoder_skips or cfg.decoder_skips > stages:
+            raise ValueError(
+                f"agent.decoder_skips={cfg.decoder_skips}: at most {min(len(maps), stages)} "
+                f"here (the encoder has {len(maps)} levels, the grid's decoders {stages})"
+            )
         logits, taken = {}, {}
         for i, k in enumerate(order):
             if k in LOCATION_PARTS:
@@ -258,7 +278,7 @@ class AutoregressiveHeads(nn.Module):
                 decoder = layers.ConvDecoder(
                     cfg.channels, cfg.num_res_blocks, stages, 1, name=f"{k}_decoder"
                 )
-                out = decoder(zz)
+                out = decoder(zz, skips)
                 logits[k] = out.reshape(n, grid * grid)
             else:
                 logits[k] = dense(spec[k], f"{k}_head")(z)
@@ -315,7 +335,7 @@ class SpiralAgent(nn.Module):
         prev_action: Mapping[str, Array],
         reset: Array,
         noise: Array | None,
-    ) -> Array:
+    ) -> tuple[Array, tuple[Array, ...]]:
         # At episode starts SPIRAL feeds a zero previous action.
         prev_action = {
             k: jnp.where(reset, jnp.zeros_like(prev_action[k]), prev_action[k])
@@ -330,8 +350,10 @@ class SpiralAgent(nn.Module):
     def _compute(self, x: Array) -> Array:
         return x.astype(check_compute_dtype(self.config.dtype))
 
-    def _heads(self, z: Array, **kwargs: Any) -> tuple[dict[str, Array], dict[str, Array]]:
-        logits, action = self.heads(self._compute(z), **kwargs)
+    def _heads(
+        self, z: Array, maps: tuple[Array, ...], **kwargs: Any
+    ) -> tuple[dict[str, Array], dict[str, Array]]:
+        logits, action = self.heads(self._compute(z), maps, **kwargs)
         return {k: v.astype(jnp.float32) for k, v in logits.items()}, action
 
     def step(
@@ -359,10 +381,10 @@ class SpiralAgent(nn.Module):
         """
         self._check_observation(observation)
         reset = step_type == FIRST
-        x = self._encode(observation, state.prev_action, reset, noise)
+        x, maps = self._encode(observation, state.prev_action, reset, noise)
         out, lstm = self.core(x[None], reset[None], state.lstm)
         z = out[0]
-        logits, action = self._heads(z, key=key, greedy=greedy)
+        logits, action = self._heads(z, maps, key=key, greedy=greedy)
         baseline = self.baseline_head(z)[..., 0].astype(jnp.float32)
         return AgentOutput(action=action, logits=logits, baseline=baseline), AgentState(
             lstm=lstm, prev_action=action
@@ -397,7 +419,7 @@ class SpiralAgent(nn.Module):
         }
         flat = lambda x: x.reshape((t * b,) + x.shape[2:])  # noqa: E731
         reset = step_types == FIRST
-        x = self._encode(
+        x, maps = self._encode(
             jax.tree.map(flat, dict(observations)),
             {k: flat(v) for k, v in prev.items()},
             flat(reset),
@@ -405,7 +427,7 @@ class SpiralAgent(nn.Module):
         )
         out, lstm = self.core(x.reshape(t, b, -1), reset, state.lstm)
         z = flat(out)
-        logits, _ = self._heads(z, actions={k: flat(actions[k]) for k in names})
+        logits, _ = self._heads(z, maps, actions={k: flat(actions[k]) for k in names})
         logits = {k: v.reshape(t, b, -1) for k, v in logits.items()}
         baseline = self.baseline_head(out)[..., 0].astype(jnp.float32)
         masks = masks_of(actions, self.action_spec)

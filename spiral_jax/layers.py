@@ -203,16 +203,26 @@ class ConvEncoder(nn.Module):
     num_stages: int
 
     @nn.compact
-    def __call__(self, h: Array) -> Array:
+    def __call__(self, h: Array) -> tuple[Array, tuple[Array, ...]]:
+        """-> (the residual stack's output, the strided convs' outputs coarsest first)."""
+        maps = []
         for i in range(self.num_stages):
             h = nn.relu(StridedConv(self.channels, name=f"strided_{i}")(h))
+            maps.append(h)
         h = conv(self.channels, 3, 1, "pre_stack")(h)
-        return ResidualStack(self.channels, self.num_blocks, self.channels, name="res")(h)
+        return ResidualStack(self.channels, self.num_blocks, self.channels, name="res")(h), tuple(
+            reversed(maps)
+        )
 
 
 class ConvDecoder(nn.Module):
     """A 3x3 conv, a residual stack, stride-2 4x4 transposed convs (ReLU) and a final
-    3x3 conv (utils.ConvDecoder)."""
+    3x3 conv (utils.ConvDecoder).
+
+    `skips` (an extension, none in SPIRAL): feature maps, coarsest first, whose i-th is
+    added through a 1x1 conv to the i-th transposed conv's output before its ReLU, as in
+    a U-Net; each must have that output's height and width.
+    """
 
     channels: int
     num_blocks: int
@@ -220,11 +230,21 @@ class ConvDecoder(nn.Module):
     out_channels: int = 1
 
     @nn.compact
-    def __call__(self, h: Array) -> Array:
+    def __call__(self, h: Array, skips: tuple[Array, ...] = ()) -> Array:
+        if len(skips) > self.num_stages:
+            raise ValueError(f"{len(skips)} skips for a decoder of {self.num_stages} stages")
         h = conv(self.channels, 3, 1, "pre_stack")(h)
         h = ResidualStack(self.channels, self.num_blocks, self.channels, name="res")(h)
         for i in range(self.num_stages):
-            h = nn.relu(ConvTranspose4x4(self.channels, name=f"strided_transpose_{i}")(h))
+            h = ConvTranspose4x4(self.channels, name=f"strided_transpose_{i}")(h)
+            if i < len(skips):
+                if skips[i].shape[:-1] != h.shape[:-1]:
+                    raise ValueError(
+                        f"skip {i} has shape {skips[i].shape}; the decoder's stage {i} "
+                        f"gives {h.shape}"
+                    )
+                h = h + conv(self.channels, 1, 1, f"skip_{i}")(skips[i])
+            h = nn.relu(h)
         return NarrowConv(self.out_channels, 3, name="final")(h)
 
 

@@ -110,6 +110,56 @@ def test_sampled_log_prob_equals_unroll_log_prob(small):
     assert float(out.log_prob.max()) < 0.0
 
 
+def test_decoder_skips_add_only_their_projections_and_unroll_as_steps(small):
+    """With `decoder_skips=1` each location decoder gains one 1x1 conv from the torso's
+    8x8 map (and nothing else); with that conv zeroed the agent is SPIRAL's network with
+    the same parameters; and the unroll re-evaluates what the steps sampled."""
+    agent, params, _, _ = small
+    skip_agent = A.make_agent(FULL_SPEC, dataclasses.replace(SMALL, decoder_skips=1))
+    skip_params = A.init_params(skip_agent, jax.random.key(0), (CANVAS, CANVAS, 3))
+    c = SMALL.channels
+    assert A.param_count(skip_params) == A.param_count(params) + 2 * (c * c + c)
+    for k in ("end_decoder", "control_decoder"):
+        assert skip_params["params"]["heads"][k]["skip_0"]["kernel"].shape == (1, 1, c, c)
+
+    zeroed = jax.tree.map(lambda x: x, params)
+    for k in ("end_decoder", "control_decoder"):
+        zeroed["params"]["heads"][k] = dict(
+            params["params"]["heads"][k],
+            skip_0={"kernel": jnp.zeros((1, 1, c, c)), "bias": jnp.zeros((c,))},
+        )
+    step_types = jnp.asarray(STEP_TYPES)
+    canvas, noise = _env_like_inputs(3, STEP_TYPES)
+    obs, actions, _, _, state0, _ = _run_steps(
+        agent, params, jax.jit(functools.partial(agent.apply, method=A.SpiralAgent.step)),
+        step_types, canvas, noise, jax.random.key(2))
+    skip_unroll = jax.jit(functools.partial(skip_agent.apply, method=A.SpiralAgent.unroll))
+    plain = agent.apply(params, obs, step_types, actions, noise, state0,
+                        method=A.SpiralAgent.unroll)
+    same = skip_unroll(zeroed, obs, step_types, actions, noise, state0)
+    for k in plain.logits:
+        np.testing.assert_allclose(same.logits[k], plain.logits[k], atol=1e-5, rtol=1e-5)
+
+    skip_step = jax.jit(functools.partial(skip_agent.apply, method=A.SpiralAgent.step))
+    obs, actions, logits, _, state0, _ = _run_steps(
+        skip_agent, skip_params, skip_step, step_types, canvas, noise, jax.random.key(4))
+    out = skip_unroll(skip_params, obs, step_types, actions, noise, state0)
+    for k in logits:
+        np.testing.assert_allclose(out.logits[k], logits[k], atol=2e-5, rtol=1e-5)
+    # ... and the skip matters: zeroing its conv changes the location logits only.
+    unskipped = jax.tree.map(lambda x: x, skip_params)
+    for k in ("end_decoder", "control_decoder"):
+        unskipped["params"]["heads"][k]["skip_0"] = {
+            "kernel": jnp.zeros((1, 1, c, c)), "bias": jnp.zeros((c,))}
+    out0 = skip_unroll(unskipped, obs, step_types, actions, noise, state0)
+    assert not np.allclose(out0.logits["end"], out.logits["end"], atol=1e-3)
+    np.testing.assert_array_equal(out0.logits["flag"], out.logits["flag"])
+
+    too_many = A.make_agent(FULL_SPEC, dataclasses.replace(SMALL, decoder_skips=2))
+    with pytest.raises(ValueError, match="agent.decoder_skips=2: at most 1 here"):
+        A.init_params(too_many, jax.random.key(0), (CANVAS, CANVAS, 3))
+
+
 def test_move_steps_count_only_flag_and_end(small):
     agent, params, _, unroll = small
     step_types = jnp.asarray(STEP_TYPES)
@@ -458,7 +508,7 @@ def test_torso_inputs_coordinates_and_masked_previous_action(small):
             noise,
             capture_intermediates=True,
         )
-        return state["intermediates"]["conv"]["__call__"][0], out
+        return state["intermediates"]["conv"]["__call__"][0], out[0]
 
     lin = np.linspace(-1.0, 1.0, CANVAS)
     for channel, want in (
@@ -494,6 +544,7 @@ def test_torso_inputs_coordinates_and_masked_previous_action(small):
         ("embed_dim", True, r"agent\.embed_dim=True: must be a positive int"),
         ("num_res_blocks", -1, r"agent\.num_res_blocks=-1: must be an int >= 0"),
         ("noise_dim", 2.5, r"agent\.noise_dim=2\.5: must be an int >= 0"),
+        ("decoder_skips", -1, r"agent\.decoder_skips=-1: must be an int >= 0"),
         ("lstm_size", 40, r"agent\.lstm_size=40: must be a multiple of 16"),
         ("dtype", "float16", r"agent\.dtype='float16'; allowed: \('float32', 'bfloat16'\)"),
         ("cond_hidden", (64, 0), r"agent\.cond_hidden=\(64, 0\): must be a tuple of positive"),

@@ -238,6 +238,65 @@ def test_lstm_matches_float64_numpy_with_resets():
 
 
 # ----------------------------------------------------------------------------------------
+# The location decoder and its U-Net skips.
+
+
+def _np_decoder(p: dict, z: np.ndarray, skips: tuple[np.ndarray, ...]) -> np.ndarray:
+    """Float64 ConvDecoder: 3x3 conv, residual blocks (ReLU, 3x3, ReLU, 1x1, added), ReLU,
+    then per stage a transposed conv plus the 1x1-projected skip, ReLU; a final 3x3 conv."""
+    relu = lambda a: np.maximum(a, 0.0)  # noqa: E731
+    conv = lambda x, q: _np_conv_same(x, np.asarray(q["kernel"], np.float64)) + np.asarray(  # noqa: E731
+        q["bias"], np.float64)
+    h = conv(z, p["pre_stack"])
+    i = 0
+    while f"res_3x3_{i}" in p["res"]:
+        h = h + conv(relu(conv(relu(h), p["res"][f"res_3x3_{i}"])), p["res"][f"res_1x1_{i}"])
+        i += 1
+    h = relu(h)
+    i = 0
+    while f"strided_transpose_{i}" in p:
+        q = p[f"strided_transpose_{i}"]
+        h = _np_conv_transpose_4x4_s2(h, np.asarray(q["kernel"], np.float64)) + np.asarray(
+            q["bias"], np.float64)
+        if i < len(skips):
+            h = h + conv(skips[i], p[f"skip_{i}"])
+        h = relu(h)
+        i += 1
+    return conv(h, p["final"])
+
+
+@pytest.mark.parametrize("num_skips", [0, 1, 2])
+def test_decoder_with_skips_matches_float64_numpy(num_skips):
+    """A 4x4 input decoded in two stages to 16x16; skip i (8x8, then 16x16) is added,
+    projected by its 1x1 conv, to stage i's transposed conv before the ReLU."""
+    rng = np.random.default_rng(num_skips)
+    z = rng.normal(size=(2, 4, 4, 5))
+    skips = tuple(rng.normal(size=(2, 8 * 2**i, 8 * 2**i, 7)) for i in range(num_skips))
+    dec = L.ConvDecoder(channels=6, num_blocks=2, num_stages=2)
+    params = dec.init(jax.random.key(1), jnp.asarray(z, jnp.float32),
+                      tuple(jnp.asarray(s, jnp.float32) for s in skips))["params"]
+    assert sorted(k for k in params if k.startswith("skip_")) == [
+        f"skip_{i}" for i in range(num_skips)]
+    # Random biases too, so that a misplaced bias would show.
+    params = jax.tree.map(
+        lambda a: a + jnp.asarray(rng.normal(scale=0.3, size=a.shape), jnp.float32), params)
+    got = dec.apply({"params": params}, jnp.asarray(z, jnp.float32),
+                    tuple(jnp.asarray(s, jnp.float32) for s in skips))
+    want = _np_decoder(params, z, skips)
+    assert got.shape == (2, 16, 16, 1)
+    np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=1e-4, atol=1e-4)
+
+
+def test_decoder_skip_of_the_wrong_size_raises():
+    dec = L.ConvDecoder(channels=6, num_blocks=1, num_stages=2)
+    z = jnp.zeros((1, 4, 4, 5))
+    with pytest.raises(ValueError, match="skip 0 has shape"):
+        dec.init(jax.random.key(0), z, (jnp.zeros((1, 16, 16, 7)),))
+    with pytest.raises(ValueError, match="3 skips for a decoder of 2 stages"):
+        dec.init(jax.random.key(0), z, (jnp.zeros((1, 8, 8, 7)),) * 3)
+
+
+# ----------------------------------------------------------------------------------------
 # Initialisers.
 
 
