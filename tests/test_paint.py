@@ -226,3 +226,23 @@ def test_command_line_paints_a_target(runs, target, tmp_path):
     assert program.info["greedy"] is False and program.info["target"] == str(target)
     svg = program_svg.render((tmp_path / "program.svg").read_text())
     assert program_svg.compare(svg, canvas)["mae"] < 0.1
+
+    # The README's demo picture from these files: target, canvas, SVG, each 4x.
+    demo = subprocess.run(
+        [sys.executable, "-m", "experiments.demo_figure", f"--target={target}",
+         f"--painted={tmp_path}", f"--out={tmp_path / 'demo.png'}"],
+        env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True, cwd=REPO,
+        timeout=600)
+    assert demo.returncode == 0, demo.stderr[-3000:]
+    picture = np.asarray(Image.open(tmp_path / "demo.png").convert("L"))
+    w = canvas.shape[0]
+    side = 4 * w
+    assert picture.shape == (side + 16, 3 * (side + 8) + 8)
+    panels = [picture[8 : 8 + side, 8 + i * (side + 8) : 8 + i * (side + 8) + side]
+              for i in range(3)]
+    np.testing.assert_array_equal(panels[1][::4, ::4], levels[..., 0])
+    np.testing.assert_array_equal(panels[2][::4, ::4],
+                                  np.round(svg.mean(axis=-1) * 255).astype(np.uint8))
+    target_levels = np.asarray(Image.open(target).convert("L").resize((w, w), Image.BILINEAR))
+    np.testing.assert_array_equal(panels[0][::4, ::4], target_levels)
+    assert np.all(picture[:8] == 128) and np.all(picture[:, :8] == 128)

@@ -6,7 +6,7 @@ U-Net skips from the torso's encoder into the location decoders (at 8x8 and 16x1
 potential-based per-step L2 reward (γ = 1) averaged over average-pooled scales 1,
 2, 4 and 8 so that a stroke near the ink already pays, scaled by 5; entropy cost 0.01;
 gradients clipped at 0.5; the policy's learning rate 3e-4, cosine-decayed to 0 over
-6,000 steps (within an hour on two idle cores); V-trace's λ 0.8; a parameter average
+6,000 steps (about an hour on two idle cores); V-trace's λ 0.8; a parameter average
 with decay 0.995. No discriminator is trained: it would give no reward. Why each, with
 the trials behind it: docs/results.md.
 """
@@ -27,8 +27,8 @@ def get_config():
     c.learner.entropy_cost = 0.01
     c.learner.ema_decay = 0.995
     c.learner.vtrace_lambda = 0.8  # with the decay: greedy 0.558 against 0.630 (docs/results.md)
-    # About 1.8 steps/s on two idle cores: 6,000 steps end within --max_minutes=60 with
-    # the rate decayed to 0 (docs/results.md).
+    # 1.6 steps/s over an hour on two idle cores: --max_minutes=60 stopped it at step
+    # 5,722 with 0.5 % of the rate left (docs/results.md); a faster machine ends it settled.
     c.num_train_steps = 6_000
     c.learner.lr_decay_steps = 6_000
     c.learner.max_grad_norm = 0.5  # median norm 0.19: clips the top ~1 % (docs/results.md)
