@@ -18,7 +18,7 @@ from absl import app, flags
 from etils import epath
 from PIL import Image
 
-from spiral_jax import program_svg
+from spiral_jax import image_files, program_svg
 
 _TARGET = flags.DEFINE_string("target", None, "The target image given to experiments.paint.")
 _PAINTED = flags.DEFINE_string("painted", None, "experiments.paint's --out folder.")
@@ -30,11 +30,6 @@ _BORDER = 8
 _GREY = 128
 
 
-def _grey(image: Image.Image, width: int) -> np.ndarray:
-    """An image as uint8 grey [width, width]."""
-    return np.asarray(image.convert("L").resize((width, width), Image.BILINEAR), np.uint8)
-
-
 def main(argv):
     del argv
     painted = epath.Path(_PAINTED.value)
@@ -42,11 +37,11 @@ def main(argv):
         canvas = Image.open(f)
         canvas.load()
     width = canvas.size[0]
-    with epath.Path(_TARGET.value).open("rb") as f:
-        target = _grey(Image.open(f), width)
+    # As experiments.paint showed it to the agent.
+    target = image_files.read_image(_TARGET.value, image_size=width, channels=1)[..., 0]
     svg = program_svg.render((painted / "program.svg").read_text())
     rendered = np.round(svg.mean(axis=-1) * 255).astype(np.uint8)
-    panels = [target, _grey(canvas, width), rendered]
+    panels = [target, np.asarray(canvas.convert("L"), np.uint8), rendered]
     side = width * _SCALE.value
     out = np.full(
         (side + 2 * _BORDER, len(panels) * (side + _BORDER) + _BORDER), _GREY, np.uint8
