@@ -213,8 +213,6 @@ class Torso(nn.Module):
         grid = grid_width_of(self.action_spec)
 
         images = [canvas, observation["target"]] if cfg.conditional else [canvas]
-        h = layers.CoordConv(cfg.channels, 5, name="conv")(jnp.concatenate(images, axis=-1))
-
         conds = []
         mask = observation["action_mask"]
         for k, num in self.action_spec:
@@ -225,7 +223,9 @@ class Torso(nn.Module):
         )
         if cfg.episode_noise_dim:
             cond = cond + layers.MLP(cfg.noise_hidden + (cfg.channels,), name="noise_mlp")(noise)
-        h = nn.relu(h + cond[:, None, None, :])
+        h = layers.CoordConv(cfg.channels, 5, relu=True, name="conv")(
+            jnp.concatenate(images, axis=-1), cond
+        )
 
         h, maps = layers.ConvEncoder(cfg.channels, cfg.num_res_blocks, stages, name="encoder")(h)
         h = nn.relu(h)

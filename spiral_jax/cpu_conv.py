@@ -1,7 +1,7 @@
 """Convolutions that compute exactly what `lax.conv_general_dilated` and
 `lax.conv_transpose` compute, with gradients arranged for XLA's CPU backend.
 
-Two things are slow there (docs/speed.md):
+Three things are slow there (docs/speed.md):
 
 * Input-dilated convolutions (a transposed conv, or a strided conv's input gradient):
   the 4x4 stride-2 transposed conv is computed as a stride-1 2x2 conv to its four
@@ -18,9 +18,14 @@ Two things are slow there (docs/speed.md):
   output narrow (`narrow_conv`), and for the transposed conv's 2x2 conv; for the first
   5x5 conv (3 input channels) and the 3x3 convs of the residual stacks XLA's own
   kernel gradient was faster, and they keep it (docs/speed.md).
+* Large reductions (the gradients of a bias, or of terms broadcast over the batch or
+  the positions): XLA splits them into a slow windowed reduction first; here they are
+  products with a vector of ones (`add_bias`, `add_offsets`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -162,11 +167,17 @@ def _conv_transpose_4x4_s2(x: Array, kernel: Array) -> Array:
     y = jax.lax.conv_general_dilated(
         xp, _phase_kernel(kernel), (1, 1), "VALID", dimension_numbers=_DN
     ).reshape(n, h + 1, w + 1, 2, 2, co)
-    rows = [
-        jnp.stack([y[:, p : p + h, q : q + w, p, q] for q in range(2)], axis=3)
-        for p in range(2)
-    ]
-    return jnp.stack(rows, axis=2).reshape(n, 2 * h, 2 * w, co)  # n, h, p, w, q, co
+    # Depth-to-space as a sum of the phases, each spread out by a pad with interior
+    # (zero) padding: XLA's CPU backend fuses it into one pass at about copying speed,
+    # where stacking the phases (a concatenate) took twice as long (docs/speed.md).
+    out = jnp.zeros((), y.dtype)
+    for p in range(2):
+        for q in range(2):
+            phase = y[:, p : p + h, q : q + w, p, q]
+            out = out + jax.lax.pad(
+                phase, jnp.zeros((), y.dtype), ((0, 0, 0), (p, 1 - p, 1), (q, 1 - q, 1), (0, 0, 0))
+            )
+    return out
 
 
 def _conv_transpose_4x4_s2_fwd(x: Array, kernel: Array) -> tuple[Array, tuple[Array, Array]]:
@@ -242,3 +253,121 @@ def _conv_4x4_s2_bwd(res: tuple[Array, Array], g: Array) -> tuple[Array, Array]:
 
 
 _conv_4x4_s2.defvjp(_conv_4x4_s2_fwd, _conv_4x4_s2_bwd)
+
+
+# Sums over the batch and the positions (the gradients of biases and other terms
+# broadcast over them). XLA's CPU backend splits a large reduction into a windowed
+# reduction (reduce-window) and a small one, and the windowed part ran at about a
+# quarter of memory speed: in the paper learner the torso's three such gradients of
+# its 64x64 maps took about 100 ms a call. A product with a vector of ones reads the
+# same data once, at memory speed (docs/speed.md).
+
+
+def sum_over_batch(g: Array) -> Array:
+    """g [N, ...] summed over its first axis (in float32), as ones[N] @ g."""
+    n = g.shape[0]
+    s = jax.lax.dot_general(
+        jnp.ones((n,), g.dtype), g.reshape(n, -1), (((0,), (0,)), ((), ())),
+        preferred_element_type=jnp.float32,
+    )
+    return s.reshape(g.shape[1:])
+
+
+def sum_over_positions(g: Array) -> Array:
+    """g [N, H, W, C] summed over H and W (in float32) -> [N, C], one product with a
+    vector of ones per image."""
+    n, h, w, c = g.shape
+    ones = jnp.ones((n, 1, h * w), g.dtype)
+    s = jax.lax.dot_general(
+        ones, g.reshape(n, h * w, c), (((2,), (1,)), ((0,), (0,))),
+        preferred_element_type=jnp.float32,
+    )
+    return s.reshape(n, c)
+
+
+@jax.custom_vjp
+def add_bias(y: Array, bias: Array) -> Array:
+    """y [N, ..., C] + bias [C], the bias's gradient a product with ones
+    (`sum_over_batch`) rather than XLA's windowed reduction."""
+    return y + bias
+
+
+def _add_bias_fwd(y: Array, bias: Array) -> tuple[Array, Array]:
+    return add_bias(y, bias), bias
+
+
+def _add_bias_bwd(bias: Array, g: Array) -> tuple[Array, Array]:
+    per_position = sum_over_batch(g).reshape(-1, bias.shape[-1])
+    return g, per_position.sum(0).astype(bias.dtype)
+
+
+add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
+
+
+def materialized(fn: Callable[..., Array], *args: Array) -> Array:
+    """fn(*args), computed into a buffer of its own.
+
+    XLA's CPU backend fuses an elementwise producer into each of its consumers and
+    recomputes it in each: the torso's ReLU gradient at 64x64 (with the depth-to-space
+    of the strided conv's input gradient) was computed three times, for the two sums
+    of `add_offsets` and for the conv's kernel gradient. A conditional's result is
+    materialized, and so is this one's; its predicate, True behind an optimization
+    barrier, is opaque to XLA, which therefore keeps the conditional, and unbatched, so
+    that `vmap` keeps it a conditional rather than computing both branches."""
+    pred = jax.lax.optimization_barrier(jnp.bool_(True))
+    return jax.lax.cond(pred, fn, fn, *args)
+
+
+@jax.custom_vjp
+def relu_of_sum(h: Array, per_position: Array, per_image: Array) -> Array:
+    """relu(h [N, H, W, C] + per_position [H, W, C] (the same for every image) +
+    per_image [N, C] (the same at every position)). In the gradient, the ReLU's mask
+    is applied once (`materialized`), and the two terms' gradients are products with
+    ones (`sum_over_batch`, `sum_over_positions`)."""
+    return jax.nn.relu(h + per_position[None] + per_image[:, None, None, :])
+
+
+def _relu_of_sum_fwd(
+    h: Array, per_position: Array, per_image: Array
+) -> tuple[Array, tuple[Array, Array, Array]]:
+    y = relu_of_sum(h, per_position, per_image)
+    return y, (y, per_position, per_image)
+
+
+def _relu_of_sum_bwd(res: tuple[Array, Array, Array], g: Array) -> tuple[Array, Array, Array]:
+    y, per_position, per_image = res
+    g = materialized(lambda g, y: jnp.where(y > 0, g, jnp.zeros((), g.dtype)), g, y)
+    return (
+        g,
+        sum_over_batch(g).astype(per_position.dtype),
+        sum_over_positions(g).astype(per_image.dtype),
+    )
+
+
+relu_of_sum.defvjp(_relu_of_sum_fwd, _relu_of_sum_bwd)
+
+
+@jax.custom_vjp
+def add_offsets(h: Array, per_position: Array, per_image: Array) -> Array:
+    """h [N, H, W, C] + per_position [H, W, C] (the same for every image) + per_image
+    [N, C] (the same at every position), with the two terms' gradients as products
+    with ones (`sum_over_batch`, `sum_over_positions`)."""
+    return h + per_position[None] + per_image[:, None, None, :]
+
+
+def _add_offsets_fwd(
+    h: Array, per_position: Array, per_image: Array
+) -> tuple[Array, tuple[Array, Array]]:
+    return add_offsets(h, per_position, per_image), (per_position, per_image)
+
+
+def _add_offsets_bwd(res: tuple[Array, Array], g: Array) -> tuple[Array, Array, Array]:
+    per_position, per_image = res
+    return (
+        g,
+        sum_over_batch(g).astype(per_position.dtype),
+        sum_over_positions(g).astype(per_image.dtype),
+    )
+
+
+add_offsets.defvjp(_add_offsets_fwd, _add_offsets_bwd)

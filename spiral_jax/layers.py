@@ -25,9 +25,12 @@ from flax import struct
 from flax.linen.dtypes import promote_dtype
 
 from spiral_jax.cpu_conv import (  # noqa: F401 (re-exported: the layers' functions)
+    add_bias,
+    add_offsets,
     conv_4x4_s2,
     conv_transpose_4x4_s2,
     narrow_conv,
+    relu_of_sum,
 )
 from spiral_jax.types import Array
 
@@ -86,14 +89,17 @@ class CoordConv(nn.Module):
     """`conv(features, kernel, 1)` of the images with the two coordinate channels
     appended (`coordinate_channels`), the same function and parameters (kernel
     [k, k, C + 2, F], bias; named as `flax.linen.Conv`'s), computed as a conv of the
-    images plus the coordinates' conv, done once for the whole batch."""
+    images plus the coordinates' conv, done once for the whole batch. `per_image`
+    [N, F], if given, is added at every position (the torso's conditioning); with
+    `relu`, the output is the ReLU of all that (`cpu_conv.relu_of_sum`)."""
 
     features: int
     kernel_size: int
+    relu: bool = False
 
     @nn.compact
-    def __call__(self, images: Array) -> Array:
-        _, height, width, c = images.shape
+    def __call__(self, images: Array, per_image: Array | None = None) -> Array:
+        n, height, width, c = images.shape
         k = self.kernel_size
         kernel = self.param("kernel", sonnet_init(), (k, k, c + 2, self.features))
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
@@ -103,7 +109,14 @@ class CoordConv(nn.Module):
         conv2d = lambda x, w: jax.lax.conv_general_dilated(  # noqa: E731
             x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
         )
-        return conv2d(images, kernel[:, :, :c]) + (conv2d(coords, kernel[:, :, c:]) + bias)
+        if per_image is None:
+            per_image = jnp.zeros((n, self.features), images.dtype)
+        # The terms broadcast over the batch and over the positions are added by
+        # `add_offsets` or `relu_of_sum`, whose gradients avoid XLA's slow windowed
+        # reductions.
+        per_position = conv2d(coords, kernel[:, :, c:])[0] + bias
+        add = relu_of_sum if self.relu else add_offsets
+        return add(conv2d(images, kernel[:, :, :c]), per_position, per_image.astype(images.dtype))
 
 
 class NarrowConv(nn.Module):
@@ -120,7 +133,7 @@ class NarrowConv(nn.Module):
         kernel = self.param("kernel", sonnet_init(), (k, k, x.shape[-1], self.features))
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
         x, kernel, bias = promote_dtype(x, kernel, bias)  # as flax.linen.Conv does
-        return narrow_conv(x, kernel) + bias
+        return add_bias(narrow_conv(x, kernel), bias)
 
 
 class MLP(nn.Module):
@@ -174,7 +187,7 @@ class StridedConv(nn.Module):
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
         if self.dtype is not None:
             x, kernel, bias = (a.astype(self.dtype) for a in (x, kernel, bias))
-        return conv_4x4_s2(x, kernel) + bias
+        return add_bias(conv_4x4_s2(x, kernel), bias)
 
 
 class ConvTranspose4x4(nn.Module):
@@ -192,7 +205,7 @@ class ConvTranspose4x4(nn.Module):
     def __call__(self, x: Array) -> Array:
         kernel = self.param("kernel", sonnet_init(), (4, 4, x.shape[-1], self.features))
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
-        return conv_transpose_4x4_s2(x, kernel) + bias
+        return add_bias(conv_transpose_4x4_s2(x, kernel), bias)
 
 
 class ConvEncoder(nn.Module):

@@ -508,7 +508,10 @@ def test_torso_inputs_coordinates_and_masked_previous_action(small):
             noise,
             capture_intermediates=True,
         )
-        return state["intermediates"]["conv"]["__call__"][0], out[0]
+        inter = state["intermediates"]
+        # The conv's module adds the conditioning and applies the ReLU (in one op).
+        cond = sum(inter[m]["__call__"][0] for m in ("prev_action_mlp", "noise_mlp") if m in inter)
+        return inter["conv"]["__call__"][0], cond, out[0]
 
     lin = np.linspace(-1.0, 1.0, CANVAS)
     for channel, want in (
@@ -518,20 +521,22 @@ def test_torso_inputs_coordinates_and_masked_previous_action(small):
     ):
         kernel = np.zeros(tp["conv"]["kernel"].shape, np.float32)
         kernel[2, 2, channel, 0] = 1.0  # the centre tap of a 5x5 kernel
-        got, _ = conv_out(jnp.asarray(kernel), prev, move)
+        got, cond, _ = conv_out(jnp.asarray(kernel), prev, move)
+        want = np.maximum(want + np.asarray(cond)[:, None, None, 0], 0.0)
+        assert (want > 0).mean() > 0.1
         np.testing.assert_allclose(got[..., 0], want, atol=1e-6)
 
     kernel = tp["conv"]["kernel"]
-    _, base = conv_out(kernel, prev, move)
+    _, _, base = conv_out(kernel, prev, move)
     changed_size = dict(prev, size=jnp.full((n,), 2, jnp.int32))
-    _, masked = conv_out(kernel, changed_size, move)  # 'size' does not count after a move
+    _, _, masked = conv_out(kernel, changed_size, move)  # 'size' does not count after a move
     np.testing.assert_array_equal(masked, base)
     paint = AS.action_masks(jnp.ones((n,), jnp.int32), agent.action_spec)
-    _, paint_base = conv_out(kernel, prev, paint)
-    _, paint_changed = conv_out(kernel, changed_size, paint)
+    _, _, paint_base = conv_out(kernel, prev, paint)
+    _, _, paint_changed = conv_out(kernel, changed_size, paint)
     assert not np.allclose(paint_changed, paint_base)
     changed_end = dict(prev, end=jnp.full((n,), 9, jnp.int32))
-    _, moved = conv_out(kernel, changed_end, move)  # 'end' counts after a move
+    _, _, moved = conv_out(kernel, changed_end, move)  # 'end' counts after a move
     assert not np.allclose(moved, base)
 
 

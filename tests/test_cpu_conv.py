@@ -140,3 +140,66 @@ def test_gradients_keep_a_bfloat16_compute_dtype():
         want = jax.grad(loss, argnums=(0, 1))(x.astype(jnp.float32), kernel.astype(jnp.float32))
         for got, ref in zip((dx, dk), want, strict=True):
             np.testing.assert_allclose(got.astype(jnp.float32), ref, rtol=3e-2, atol=3e-2)
+
+
+def _np_relu_of_sum_and_grads(h, pos, img, g):
+    """relu(h + pos + img) and its vjp of g, in float64: the mask, then the sums of the
+    masked gradient over the batch (pos's) and over the positions (img's)."""
+    s = h + pos[None] + img[:, None, None, :]
+    gm = g * (s > 0)
+    return np.maximum(s, 0), gm, gm.sum(0), gm.sum((1, 2))
+
+
+def test_broadcast_adds_and_their_sums_match_float64():
+    rng = np.random.default_rng(5)
+    h, g = rng.normal(size=(2, 7, 6, 5, 3))
+    pos, img = rng.normal(size=(6, 5, 3)), rng.normal(size=(7, 3))
+    f32 = lambda *a: [jnp.asarray(x, jnp.float32) for x in a]  # noqa: E731
+    y, gm, dpos, dimg = _np_relu_of_sum_and_grads(h, pos, img, g)
+    assert (gm == 0).mean() > 0.3  # the mask matters
+
+    out, vjp = jax.vjp(cpu_conv.relu_of_sum, *f32(h, pos, img))
+    np.testing.assert_allclose(out, y, atol=1e-6)
+    for got, want in zip(vjp(*f32(g)), (gm, dpos, dimg), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+    out, vjp = jax.vjp(cpu_conv.add_offsets, *f32(h, pos, img))
+    np.testing.assert_allclose(out, h + pos[None] + img[:, None, None], atol=1e-6)
+    for got, want in zip(vjp(*f32(g)), (g, g.sum(0), g.sum((1, 2))), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+    bias = rng.normal(size=3)
+    out, vjp = jax.vjp(cpu_conv.add_bias, *f32(h, bias))
+    np.testing.assert_allclose(out, h + bias, atol=1e-6)
+    dh, db = vjp(*f32(g))
+    np.testing.assert_allclose(dh, g, atol=0)
+    np.testing.assert_allclose(db, g.sum((0, 1, 2)), rtol=1e-5, atol=1e-5)
+    assert db.dtype == jnp.float32
+
+
+def test_relu_of_sum_under_vmap_and_second_order_matches_plain_jax():
+    """The materialized mask (a conditional) under vmap, and differentiated twice, as a
+    population and the critic's gradient penalty would."""
+    rng = np.random.default_rng(6)
+    h = jnp.asarray(rng.normal(size=(3, 4, 5, 5, 2)), jnp.float32)
+    pos = jnp.asarray(rng.normal(size=(3, 5, 5, 2)), jnp.float32)
+    img = jnp.asarray(rng.normal(size=(3, 4, 2)), jnp.float32)
+    plain = lambda h, p, i: jax.nn.relu(h + p[None] + i[:, None, None])  # noqa: E731
+
+    def loss(f, h, p, i):
+        return jnp.sum(jnp.sin(f(h, p, i)))
+
+    def penalty(f, h, p, i):  # the norm of a gradient, differentiated again
+        return jnp.sum(jax.grad(loss, argnums=1)(f, h, p, i) ** 2)
+
+    for fn in (loss, penalty):
+        want = jax.vmap(jax.grad(fn, argnums=(1, 2, 3)), (None, 0, 0, 0))(plain, h, pos, img)
+        got = jax.vmap(jax.grad(fn, argnums=(1, 2, 3)), (None, 0, 0, 0))(
+            cpu_conv.relu_of_sum, h, pos, img
+        )
+        for a, b in zip(got, want, strict=True):
+            np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5)
+    # vmap keeps the conditional (its predicate is not batched): both branches are
+    # not computed for every member.
+    grads = jax.vmap(jax.grad(lambda h, p, i: loss(cpu_conv.relu_of_sum, h, p, i)))
+    assert "cond[" in str(jax.make_jaxpr(grads)(h, pos, img))
