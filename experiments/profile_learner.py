@@ -8,7 +8,9 @@ operation time, its output shape and the JAX operation it comes from (the HLO's
 metadata; kernel-gradient convolutions and layout copies often carry none).
 
 Operations run on two or more threads at once, so the shares are of operation time,
-not of wall time; a CPU's page faults and the runtime's waits are in neither.
+not of wall time; a CPU's page faults and the runtime's waits are in neither. The
+largest convolutions (XLA's own, such as the torso's 5x5 conv) leave no event in the
+trace and are missing from the list; time them in isolation.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Convolutions that compute exactly what `lax.conv_general_dilated` and
 `lax.conv_transpose` compute, with gradients arranged for XLA's CPU backend.
 
-Three things are slow there (docs/speed.md):
+Four things are slow there (docs/speed.md):
 
 * Input-dilated convolutions (a transposed conv, or a strided conv's input gradient):
   the 4x4 stride-2 transposed conv is computed as a stride-1 2x2 conv to its four
@@ -20,7 +20,10 @@ Three things are slow there (docs/speed.md):
   kernel gradient was faster, and they keep it (docs/speed.md).
 * Large reductions (the gradients of a bias, or of terms broadcast over the batch or
   the positions): XLA splits them into a slow windowed reduction first; here they are
-  products with a vector of ones (`add_bias`, `add_offsets`).
+  products with a vector of ones (`add_bias`, `add_offsets`, `relu_of_sum`).
+* An elementwise result with several consumers: XLA fuses it into each and computes
+  it again in each. Where that was large (the torso's ReLU gradient at 64x64, three
+  consumers), `materialized` computes it once.
 """
 
 from __future__ import annotations
