@@ -46,8 +46,11 @@ def _conv(x: Array, kernel: Array, stride: int) -> Array:
 # product of all the shifted copies side by side: a product with a few columns is
 # bound by reading the input, and the decoders' final conv (one channel, 9 taps) then
 # reads it once instead of 9 times (its kernel gradient went from 187 to 21 ms a
-# learner call in a profile; docs/speed.md).
-_CONCAT_COLUMNS = 32
+# learner call in a profile; docs/speed.md). At 64 the mnist5k agent's strided convs
+# (16 channels, 4 taps) take one product too: 13.7 against 18.3 ms for the first one's
+# kernel gradient at its learner's size; at 128 (the paper agent's) it made no
+# difference.
+_CONCAT_COLUMNS = 64
 
 
 def _dot_over_rows(a: Array, b: Array) -> Array:

@@ -37,10 +37,11 @@ def _np_conv_same_and_grads(x, w, g):
 
 # Kernels odd and even, square and not; C_in below, equal to and above C_out (the
 # ways valid_kernel_grad slices: the input per tap, the output gradient per tap, and
-# all the output gradient's shifts in one product); images not square.
+# all the output gradient's shifts in one product, up to `_CONCAT_COLUMNS`, 64, of them:
+# (3, 3, 16, 8) has 72); images not square.
 @pytest.mark.parametrize(
     "kh,kw,cin,cout", [(3, 3, 2, 7), (3, 3, 6, 6), (5, 5, 3, 4), (1, 1, 5, 3), (4, 2, 6, 2),
-                       (3, 3, 9, 1), (3, 3, 12, 5)]
+                       (3, 3, 9, 1), (3, 3, 12, 5), (3, 3, 16, 8)]
 )
 def test_conv_same_values_and_gradients_match_float64_brute_force(kh, kw, cin, cout):
     rng = np.random.default_rng(kh * 100 + kw * 10 + cin)
