@@ -315,8 +315,8 @@ def materialized(fn: Callable[..., Array], *args: Array) -> Array:
 
     XLA's CPU backend fuses an elementwise producer into each of its consumers and
     recomputes it in each: the torso's ReLU gradient at 64x64 (with the depth-to-space
-    of the strided conv's input gradient) was computed three times, for the two sums
-    of `add_offsets` and for the conv's kernel gradient. A conditional's result is
+    of the strided conv's input gradient) was computed three times, for its two sums
+    (`relu_of_sum`) and for the 5x5 conv's kernel gradient. A conditional's result is
     materialized, and so is this one's; its predicate, True behind an optimization
     barrier, is opaque to XLA, which therefore keeps the conditional, and unbatched, so
     that `vmap` keeps it a conditional rather than computing both branches."""
