@@ -6,7 +6,8 @@ r"""The README's demo picture: the target, canvas.png and program.svg side by si
         --out=docs/images/demo_target_canvas_svg.png
     cp painted/painting.gif docs/images/demo_painting.gif
 
-Each panel is scaled up 4x (nearest neighbour), in grey borders. The SVG is rendered by
+Each panel is scaled up 4x (nearest neighbour) and tiled by `image_grid.make_grid`, in
+grey borders. The SVG is rendered by
 resvg (`spiral_jax.program_svg.render`), so the third panel shows what the program
 describes, drawn by a renderer independent of the painting engine.
 """
@@ -18,7 +19,7 @@ from absl import app, flags
 from etils import epath
 from PIL import Image
 
-from spiral_jax import image_files, program_svg
+from spiral_jax import image_files, image_grid, program_svg
 
 _TARGET = flags.DEFINE_string("target", None, "The target image given to experiments.paint.")
 _PAINTED = flags.DEFINE_string("painted", None, "experiments.paint's --out folder.")
@@ -42,18 +43,13 @@ def main(argv):
     svg = program_svg.render((painted / "program.svg").read_text())
     rendered = np.round(svg.mean(axis=-1) * 255).astype(np.uint8)
     panels = [target, np.asarray(canvas.convert("L"), np.uint8), rendered]
-    side = width * _SCALE.value
-    out = np.full(
-        (side + 2 * _BORDER, len(panels) * (side + _BORDER) + _BORDER), _GREY, np.uint8
-    )
-    for i, panel in enumerate(panels):
-        big = np.kron(panel, np.ones((_SCALE.value, _SCALE.value), np.uint8))
-        x = _BORDER + i * (side + _BORDER)
-        out[_BORDER : _BORDER + side, x : x + side] = big
+    scale = np.ones((_SCALE.value, _SCALE.value), np.uint8)
+    big = np.stack([np.kron(panel, scale) for panel in panels])[..., None] / 255.0
+    out = image_grid.make_grid(big, ncols=len(panels), padding=_BORDER, pad_value=_GREY / 255)
     path = epath.Path(_OUT.value)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("wb") as f:
-        Image.fromarray(out).convert("RGB").save(f, format="PNG")
+        Image.fromarray(out[..., 0]).convert("RGB").save(f, format="PNG")
     print(f"wrote {path}")
 
 

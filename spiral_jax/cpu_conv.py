@@ -343,11 +343,7 @@ def _relu_of_sum_fwd(
 def _relu_of_sum_bwd(res: tuple[Array, Array, Array], g: Array) -> tuple[Array, Array, Array]:
     y, per_position, per_image = res
     g = materialized(lambda g, y: jnp.where(y > 0, g, jnp.zeros((), g.dtype)), g, y)
-    return (
-        g,
-        sum_over_batch(g).astype(per_position.dtype),
-        sum_over_positions(g).astype(per_image.dtype),
-    )
+    return _add_offsets_bwd((per_position, per_image), g)
 
 
 relu_of_sum.defvjp(_relu_of_sum_fwd, _relu_of_sum_bwd)
