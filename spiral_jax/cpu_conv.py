@@ -28,10 +28,12 @@ Four things are slow there (docs/speed.md):
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from spiral_jax.types import Array
 
@@ -123,9 +125,124 @@ def _conv_same_bwd(res: tuple[Array, Array], g: Array) -> tuple[Array, Array]:
 
 conv_same.defvjp(_conv_same_fwd, _conv_same_bwd)
 
-# A conv to a few output channels (the decoders' final conv to one logit per cell):
-# the same function. The name stays for the layer that uses it.
-narrow_conv = conv_same
+def _taps_side_by_side(kernel: Array) -> Array:
+    """[kh, kw, C_in, C_out] -> [C_in, kh * kw * C_out]: each tap's matrix side by side."""
+    kh, kw, ci, co = kernel.shape
+    return jnp.moveaxis(kernel, 2, 0).reshape(ci, kh * kw * co)
+
+
+@jax.custom_vjp
+def narrow_conv(x: Array, kernel: Array) -> Array:
+    """A stride-1 SAME conv (NHWC, HWIO) to a few output channels, such as the
+    decoders' final conv to one logit per cell: `conv_same`'s function and gradients.
+
+    XLA's CPU convolution runs such a conv, and its input gradient (a conv from a few
+    channels), at about 5 GFLOP/s. Here both are one matrix product: the forward
+    multiplies every position by all taps' matrices at once (C_out columns per tap)
+    and adds the taps' narrow results, each shifted to where it lands; the input
+    gradient multiplies the output gradient's shifted copies, side by side, by the
+    taps' transposed matrices.
+    """
+    kh, kw, _, co = kernel.shape
+    n, h, w, ci = x.shape
+    z = jnp.dot(x.reshape(-1, ci), _taps_side_by_side(kernel)).reshape(n, h, w, kh * kw * co)
+    zp = _pad_same(z, kh, kw)  # out[u, v] = sum over taps of x[u + i - ph, v + j - pw] w[i, j]
+    taps = [zp[:, i : i + h, j : j + w, (i * kw + j) * co : (i * kw + j + 1) * co]
+            for i in range(kh) for j in range(kw)]
+    return functools.reduce(jnp.add, taps)
+
+
+def _narrow_conv_fwd(x: Array, kernel: Array) -> tuple[Array, tuple[Array, Array]]:
+    return narrow_conv(x, kernel), (x, kernel)
+
+
+def _narrow_conv_bwd(res: tuple[Array, Array], g: Array) -> tuple[Array, Array]:
+    x, kernel = res
+    kh, kw, ci, co = kernel.shape
+    n, h, w, _ = x.shape
+    g = g.astype(x.dtype)
+    # dx[u, v] = sum over taps of g[u - i + ph, v - j + pw] w[i, j]^T: padded so that
+    # tap (i, j)'s copy starts at (kh - 1 - i, kw - 1 - j).
+    ph, pw = (kh - 1) // 2, (kw - 1) // 2
+    gp = jnp.pad(g, ((0, 0), (kh - 1 - ph, ph), (kw - 1 - pw, pw), (0, 0)))
+    shifted = jnp.concatenate([gp[:, kh - 1 - i : kh - 1 - i + h, kw - 1 - j : kw - 1 - j + w]
+                               for i in range(kh) for j in range(kw)], axis=-1)
+    w_t = jnp.swapaxes(kernel, 2, 3).reshape(kh * kw * co, ci).astype(x.dtype)
+    dx = jnp.dot(shifted.reshape(-1, kh * kw * co), w_t).reshape(n, h, w, ci)
+    dw = valid_kernel_grad(_pad_same(x, kh, kw), g, kh, kw)
+    return dx, dw.astype(kernel.dtype)
+
+
+narrow_conv.defvjp(_narrow_conv_fwd, _narrow_conv_bwd)
+
+
+def column_block(image_shape: tuple[int, ...], kernel_shape: tuple[int, ...]) -> int:
+    """How many columns `conv_few_channels` puts in a block for these shapes (1: none).
+
+    Measured at the torso's sizes (docs/speed.md): 4 columns for one or two channels,
+    2 for up to eight; an odd kernel no more than twice the block's width plus one
+    (so that a block's outputs read only it and its two neighbours)."""
+    width, channels = image_shape[2], image_shape[3]
+    kh, kw = kernel_shape[:2]
+    if kh % 2 == 0 or kw % 2 == 0:
+        return 1
+    for block, max_channels in ((4, 2), (2, 8)):
+        if channels <= max_channels and width % block == 0 and kw // 2 <= block:
+            return block
+    return 1
+
+
+def _block_kernel(kernel: Array, block: int) -> Array:
+    """The kernel of the conv over blocks of `block` columns: [kh, 3, block * C_in,
+    block * C_out], block tap b (the block before, the same, the one after) taking
+    column c of its block to output column p through the original tap
+    j = block * (b - 1) + c - p + kw // 2, where that is a tap (zero elsewhere)."""
+    kh, kw, ci, co = kernel.shape
+    select = np.zeros((kw, 3, block, block), np.float32)
+    for b in range(3):
+        for c in range(block):
+            for p in range(block):
+                j = block * (b - 1) + c - p + kw // 2
+                if 0 <= j < kw:
+                    select[j, b, c, p] = 1.0
+    blocked = jnp.einsum("jbcp,ijxf->ibcxpf", select.astype(kernel.dtype), kernel)
+    return blocked.reshape(kh, 3, block * ci, block * co)
+
+
+@jax.custom_vjp
+def conv_few_channels(x: Array, kernel: Array) -> Array:
+    """A stride-1 SAME conv (NHWC, HWIO) of images with a few channels, such as the
+    torso's 5x5 conv of the canvas: `lax.conv_general_dilated`'s function and
+    gradients.
+
+    XLA's CPU convolution runs a conv from one channel at about 13 GFLOP/s. Taking
+    `column_block` columns as one position (a free reshape, in both the input and the
+    output) makes it a conv from block * C_in to block * C_out channels with a 3-wide
+    kernel, which ran 2-2.5x as fast although it multiplies by zeros too. The
+    gradients are XLA's.
+    """
+    n, h, w, ci = x.shape
+    kh, _, _, co = kernel.shape
+    block = column_block(x.shape, kernel.shape)
+    if block == 1:
+        return _conv(x, kernel, 1)
+    y = jax.lax.conv_general_dilated(
+        x.reshape(n, h, w // block, block * ci), _block_kernel(kernel, block), (1, 1),
+        ((kh // 2, kh // 2), (1, 1)), dimension_numbers=_DN)
+    return y.reshape(n, h, w, co)
+
+
+def _conv_few_channels_fwd(x: Array, kernel: Array) -> tuple[Array, tuple[Array, Array]]:
+    return conv_few_channels(x, kernel), (x, kernel)
+
+
+def _conv_few_channels_bwd(res: tuple[Array, Array], g: Array) -> tuple[Array, Array]:
+    x, kernel = res
+    _, vjp = jax.vjp(lambda x, k: _conv(x, k, 1), x, kernel)
+    return vjp(g.astype(x.dtype))
+
+
+conv_few_channels.defvjp(_conv_few_channels_fwd, _conv_few_channels_bwd)
 
 
 # lax.conv_transpose (stride 2, SAME, a 4x4 kernel) sends input i through tap k to

@@ -28,6 +28,7 @@ from spiral_jax.cpu_conv import (  # noqa: F401 (re-exported: the layers' functi
     add_bias,
     add_offsets,
     conv_4x4_s2,
+    conv_few_channels,
     conv_transpose_4x4_s2,
     narrow_conv,
     relu_of_sum,
@@ -116,7 +117,8 @@ class CoordConv(nn.Module):
         # reductions.
         per_position = conv2d(coords, kernel[:, :, c:])[0] + bias
         add = relu_of_sum if self.relu else add_offsets
-        return add(conv2d(images, kernel[:, :, :c]), per_position, per_image.astype(images.dtype))
+        h = conv_few_channels(images, kernel[:, :, :c])  # faster for a few channels
+        return add(h, per_position, per_image.astype(images.dtype))
 
 
 class NarrowConv(nn.Module):

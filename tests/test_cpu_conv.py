@@ -56,6 +56,38 @@ def test_conv_same_values_and_gradients_match_float64_brute_force(kh, kw, cin, c
     np.testing.assert_allclose(dw, dw_ref, atol=1e-4, rtol=1e-5)
 
 
+@pytest.mark.parametrize("kh,kw,cin,cout", [(3, 3, 16, 1), (3, 3, 5, 2), (5, 5, 3, 4), (4, 2, 6, 2),
+                                            (1, 1, 5, 3), (3, 3, 2, 7)])
+def test_narrow_conv_values_and_gradients_match_float64_brute_force(kh, kw, cin, cout):
+    rng = np.random.default_rng(kh * 100 + kw * 10 + cout)
+    x, g = rng.normal(size=(3, 6, 5, cin)), rng.normal(size=(3, 6, 5, cout))
+    w = rng.normal(size=(kh, kw, cin, cout))
+    y, vjp = jax.vjp(cpu_conv.narrow_conv, jnp.asarray(x, jnp.float32),
+                     jnp.asarray(w, jnp.float32))
+    for got, want in zip((y, *vjp(jnp.asarray(g, jnp.float32))),
+                         _np_conv_same_and_grads(x, w, g), strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-5)
+
+
+# Blocks of 4 columns (one or two channels), of 2 (up to eight), and none (more
+# channels, an even kernel, a width the block does not divide); a 7-wide kernel reads
+# 3 columns of each neighbouring block.
+@pytest.mark.parametrize("kh,kw,cin,cout,width,block", [
+    (5, 5, 1, 4, 8, 4), (5, 5, 2, 3, 12, 4), (3, 7, 1, 2, 8, 4), (5, 5, 3, 4, 6, 2),
+    (3, 3, 8, 2, 10, 2), (5, 5, 9, 2, 8, 1), (4, 4, 1, 2, 8, 1), (5, 5, 1, 2, 7, 1)])
+def test_conv_few_channels_values_and_gradients_match_float64_brute_force(
+        kh, kw, cin, cout, width, block):
+    assert cpu_conv.column_block((3, 5, width, cin), (kh, kw, cin, cout)) == block
+    rng = np.random.default_rng(kh * 100 + kw * 10 + cin)
+    x, g = rng.normal(size=(3, 5, width, cin)), rng.normal(size=(3, 5, width, cout))
+    w = rng.normal(size=(kh, kw, cin, cout))
+    y, vjp = jax.vjp(cpu_conv.conv_few_channels, jnp.asarray(x, jnp.float32),
+                     jnp.asarray(w, jnp.float32))
+    for got, want in zip((y, *vjp(jnp.asarray(g, jnp.float32))),
+                         _np_conv_same_and_grads(x, w, g), strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-5)
+
+
 @pytest.mark.parametrize("cin,cout", [(3, 5), (8, 2)])
 def test_strided_conv_kernel_gradient_matches_float64_brute_force(cin, cout):
     """dw[ky, kx] = sum over n, i, j of x[2i + ky - 1, 2j + kx - 1] g[i, j] (zero
@@ -94,12 +126,15 @@ def test_transposed_conv_kernel_gradient_matches_autodiff_of_lax():
         np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-5)
 
 
-def test_second_order_gradients_match_lax():
+@pytest.mark.parametrize("first,stride,size,same", [
+    (cpu_conv.conv_4x4_s2, 2, 4, cpu_conv.conv_same),
+    (cpu_conv.conv_few_channels, 1, 5, cpu_conv.narrow_conv)])
+def test_second_order_gradients_match_lax(first, stride, size, same):
     """The critic's gradient penalty differentiates an input gradient with respect to
     the kernel: through these custom vjps it equals the same through lax's convs."""
     rng = np.random.default_rng(5)
-    x = jnp.asarray(rng.normal(size=(2, 8, 8, 3)), jnp.float32)
-    w1 = jnp.asarray(rng.normal(size=(4, 4, 3, 4)) * 0.3, jnp.float32)
+    x = jnp.asarray(rng.normal(size=(2, 8, 8, 2)), jnp.float32)
+    w1 = jnp.asarray(rng.normal(size=(size, size, 2, 4)) * 0.3, jnp.float32)
     w2 = jnp.asarray(rng.normal(size=(3, 3, 4, 2)) * 0.3, jnp.float32)
     dn = ("NHWC", "HWIO", "NHWC")
 
@@ -112,8 +147,8 @@ def test_second_order_gradients_match_lax():
 
         return jax.grad(gp, argnums=(0, 1))(w1, w2)
 
-    got = penalty(cpu_conv.conv_4x4_s2, cpu_conv.conv_same)
-    want = penalty(lambda x, w: jax.lax.conv_general_dilated(x, w, (2, 2), "SAME",
+    got = penalty(first, same)
+    want = penalty(lambda x, w: jax.lax.conv_general_dilated(x, w, (stride, stride), "SAME",
                                                              dimension_numbers=dn),
                    lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
                                                              dimension_numbers=dn))
@@ -133,7 +168,8 @@ def test_gradients_keep_a_bfloat16_compute_dtype():
     x = jnp.asarray(rng.uniform(size=(2, 4, 4, 3)), jnp.bfloat16)
     for conv, shape in ((cpu_conv.conv_transpose_4x4_s2, (4, 4, 3, 5)),
                         (cpu_conv.conv_4x4_s2, (4, 4, 3, 5)),
-                        (cpu_conv.narrow_conv, (3, 3, 3, 1))):
+                        (cpu_conv.narrow_conv, (3, 3, 3, 1)),
+                        (cpu_conv.conv_few_channels, (5, 5, 3, 2))):
         kernel = jnp.asarray(rng.uniform(size=shape), jnp.bfloat16)
         loss = lambda x, k: jnp.sum(conv(x, k).astype(jnp.float32) ** 2)  # noqa: B023, E731
         dx, dk = jax.grad(loss, argnums=(0, 1))(x, kernel)
