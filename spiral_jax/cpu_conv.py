@@ -1,7 +1,7 @@
 """Convolutions that compute exactly what `lax.conv_general_dilated` and
 `lax.conv_transpose` compute, with gradients arranged for XLA's CPU backend.
 
-Four things are slow there (docs/speed.md):
+Five things are slow there (docs/speed.md):
 
 * Input-dilated convolutions (a transposed conv, or a strided conv's input gradient):
   the 4x4 stride-2 transposed conv is computed as a stride-1 2x2 conv to its four
@@ -21,6 +21,10 @@ Four things are slow there (docs/speed.md):
 * Large reductions (the gradients of a bias, or of terms broadcast over the batch or
   the positions): XLA splits them into a slow windowed reduction first; here they are
   products with a vector of ones (`add_bias`, `add_offsets`, `relu_of_sum`).
+* Convolutions from or to one channel (the torso's conv of the canvas, the decoders'
+  final conv to a logit, and its input gradient) ran at 5-13 GFLOP/s:
+  `conv_few_channels` convolves blocks of columns instead, and `narrow_conv` is one
+  product with all taps' matrices side by side plus shifted adds.
 * An elementwise result with several consumers: XLA fuses it into each and computes
   it again in each. Where that was large (the torso's ReLU gradient at 64x64, three
   consumers), `materialized` computes it once.

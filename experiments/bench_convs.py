@@ -1,0 +1,107 @@
+r"""python -m experiments.bench_convs
+
+XLA's own convolution against `spiral_jax.cpu_conv`'s form of the same conv, in
+isolation, at the sizes the agents' learners run them: the torso's 5x5 conv of the
+canvas (`conv_few_channels`) and the decoders' final 3x3 conv to one logit per cell
+(`narrow_conv`). Each is timed forward, and for the gradients the learner takes (the
+torso conv's kernel gradient only: its input is the observation; both of the final
+conv's), alternately, as the best of --rounds calls, with the ratio XLA / cpu_conv.
+
+    python -m experiments.bench_convs --rounds=10
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+from spiral_jax import cpu_conv, xla_cpu
+
+_ROUNDS = flags.DEFINE_integer("rounds", 5, "Timed calls of each function (the best counts).")
+
+# (what, input shape, kernel shape, which gradients the learner takes)
+CASES = (
+    ("torso 5x5, mnist5k learner", (288, 32, 32, 1), (5, 5, 1, 16), "kernel"),
+    ("torso 5x5, paper learner (batch 16)", (304, 64, 64, 1), (5, 5, 1, 32), "kernel"),
+    ("torso 5x5, paper size, RGB", (304, 64, 64, 3), (5, 5, 3, 32), "kernel"),
+    ("final 3x3, mnist5k learner", (288, 16, 16, 16), (3, 3, 16, 1), "both"),
+    ("final 3x3, paper learner (batch 16)", (304, 32, 32, 32), (3, 3, 32, 1), "both"),
+)
+
+
+def xla_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    return jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME",
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def gradients(conv: Callable[..., jax.Array], which: str) -> Callable[..., Any]:
+    """(x, kernel, g) -> the vjp of g: the kernel's, or the input's and the kernel's."""
+    def fn(x: jax.Array, kernel: jax.Array, g: jax.Array) -> Any:
+        if which == "kernel":
+            return jax.vjp(lambda k: conv(x, k), kernel)[1](g)[0]
+        return jax.vjp(conv, x, kernel)[1](g)
+    return fn
+
+
+def best_of(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[str, float]:
+    """Each function's fastest call in seconds, calling them in turn (after one call)."""
+    for fn in fns.values():
+        jax.block_until_ready(fn())
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            jax.block_until_ready(fn())
+            times[name].append(time.perf_counter() - start)
+    return {name: min(t) for name, t in times.items()}
+
+
+def forward(conv: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
+    return lambda x, kernel, g: conv(x, kernel)
+
+
+def time_case(x_shape: tuple[int, ...], k_shape: tuple[int, ...], which: str,
+              rounds: int) -> list[tuple[str, float, float, float]]:
+    """[(pass, XLA s, cpu_conv s, max relative difference)] for the forward and the
+    gradients of one conv."""
+    keys = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(keys[0], x_shape)
+    kernel = jax.random.normal(keys[1], k_shape) / np.sqrt(np.prod(k_shape[:3]))
+    g = jax.random.normal(keys[2], (*x_shape[:3], k_shape[3]))
+    ours = cpu_conv.conv_few_channels if which == "kernel" else cpu_conv.narrow_conv
+    rows = []
+    for label, make in (("forward", forward),
+                        ("kernel grad" if which == "kernel" else "both grads",
+                         lambda conv: gradients(conv, which))):
+        jitted = {"xla": xla_cpu.jit(make(xla_conv)), "ours": xla_cpu.jit(make(ours))}
+        want, got = (jax.tree.leaves(f(x, kernel, g)) for f in jitted.values())
+        diff = max(float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(a)))
+                   for a, b in zip(want, got, strict=True))
+        t = best_of({n: functools.partial(f, x, kernel, g) for n, f in jitted.items()}, rounds)
+        rows.append((label, t["xla"], t["ours"], diff))
+    return rows
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    if _ROUNDS.value < 1:
+        raise SystemExit(f"--rounds={_ROUNDS.value}: must be >= 1")
+    print(f"JAX {jax.__version__} on {jax.devices()[0].device_kind}; best of {_ROUNDS.value}")
+    print("| conv | input | kernel | pass | XLA ms | cpu_conv ms | XLA / cpu_conv "
+          "| max rel. diff |")
+    print("|---|---|---|---|---|---|---|---|")
+    for what, x_shape, k_shape, which in CASES:
+        for label, xla_s, ours_s, diff in time_case(x_shape, k_shape, which, _ROUNDS.value):
+            print(f"| {what} | {x_shape} | {k_shape} | {label} | {xla_s * 1e3:.1f} | "
+                  f"{ours_s * 1e3:.1f} | {xla_s / ours_s:.2f}x | {diff:.1e} |", flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main)
