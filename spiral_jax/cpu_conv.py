@@ -448,16 +448,19 @@ def materialized(fn: Callable[..., Array], *args: Array) -> Array:
 @jax.custom_vjp
 def relu_of_sum(h: Array, per_position: Array, per_image: Array) -> Array:
     """relu(h [N, H, W, C] + per_position [H, W, C] (the same for every image) +
-    per_image [N, C] (the same at every position)). In the gradient, the ReLU's mask
-    is applied once (`materialized`), and the two terms' gradients are products with
-    ones (`sum_over_batch`, `sum_over_positions`)."""
+    per_image [N, C] (the same at every position)). Differentiated, the result and the
+    ReLU's mask in the gradient are each computed once (`materialized`), and the two
+    terms' gradients are products with ones (`sum_over_batch`, `sum_over_positions`)."""
     return jax.nn.relu(h + per_position[None] + per_image[:, None, None, :])
 
 
 def _relu_of_sum_fwd(
     h: Array, per_position: Array, per_image: Array
 ) -> tuple[Array, tuple[Array, Array, Array]]:
-    y = relu_of_sum(h, per_position, per_image)
+    # Materialized here too: otherwise XLA fused the sum and ReLU into the gradient's
+    # consumers of y, among them the strided conv's space-to-depth copy of it, and
+    # recomputed them there (a gather over a recomputed sum at about 1 GB/s).
+    y = materialized(relu_of_sum, h, per_position, per_image)
     return y, (y, per_position, per_image)
 
 
