@@ -80,7 +80,9 @@ def export_commit(revision: str, into: Path) -> str:
     archive = into / "tree.tar"
     archive.write_bytes(git("archive", "--format=tar", short))
     with tarfile.open(archive) as tar:
-        tar.extractall(into / "tree", filter="data")
+        # The "data" filter (Python 3.11.4 and later) refuses links out of the tree.
+        safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+        tar.extractall(into / "tree", **safe)
     return short
 
 
@@ -90,17 +92,20 @@ class StepProcess:
     def __init__(self, tree: Path, config: str, paper_batch: int):
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         self.tree = tree
+        # stderr to a file: JAX's logging could fill a pipe and block the child.
+        self.stderr = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen(
             [sys.executable, "-c", _CHILD, config, str(paper_batch)], cwd=tree, env=env,
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, text=True,
         )
 
     def _line(self) -> str:
         line = self.proc.stdout.readline()
         if not line:
             self.proc.wait()
+            self.stderr.seek(0)
             raise RuntimeError(f"the train step in {self.tree} failed:\n"
-                               f"{self.proc.stderr.read()[-3000:]}")
+                               f"{self.stderr.read()[-3000:]}")
         return line
 
     def ready(self) -> int:
@@ -117,6 +122,7 @@ class StepProcess:
         if self.proc.poll() is None:
             self.proc.stdin.close()
             self.proc.wait()
+        self.stderr.close()
 
 
 def compare(trees: dict[str, Path], config: str, steps: int, paper_batch: int

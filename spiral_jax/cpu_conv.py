@@ -15,8 +15,8 @@ Five things are slow there (docs/speed.md):
   flattened, padded grid (`valid_kernel_grad`): the input is read as it is stored, and only the
   narrower of input and output gradient is copied, shifted, per tap. This pays where
   the input is wide and large (the strided convs, `space_to_depth_kernel_grad`) or the
-  output narrow (`narrow_conv`), and for the transposed conv's 2x2 conv; for the first
-  5x5 conv (3 input channels) and the 3x3 convs of the residual stacks XLA's own
+  output narrow (`narrow_conv`), and for the transposed conv's 2x2 conv; for the
+  torso's 5x5 conv of the canvas and the 3x3 convs of the residual stacks XLA's own
   kernel gradient was faster, and they keep it (docs/speed.md).
 * Large reductions (the gradients of a bias, or of terms broadcast over the batch or
   the positions): XLA splits them into a slow windowed reduction first; here they are
@@ -222,8 +222,8 @@ def conv_few_channels(x: Array, kernel: Array) -> Array:
     XLA's CPU convolution runs a conv from one channel at about 13 GFLOP/s. Taking
     `column_block` columns as one position (a free reshape, in both the input and the
     output) makes it a conv from block * C_in to block * C_out channels with a 3-wide
-    kernel, which ran 2-2.5x as fast although it multiplies by zeros too. The
-    gradients are XLA's.
+    kernel, which ran 1.3-2.5x as fast although it multiplies by zeros too
+    (`experiments.bench_convs`). The gradients are XLA's.
     """
     n, h, w, ci = x.shape
     kh, _, _, co = kernel.shape
