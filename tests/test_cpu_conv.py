@@ -35,6 +35,14 @@ def _np_conv_same_and_grads(x, w, g):
     return y, dxp[:, p : p + h, q : q + wd], dw
 
 
+def _check_against_brute_force(conv, x, w, g):
+    """conv(x, w) and its vjp of g, in float32, against `_np_conv_same_and_grads`."""
+    y, vjp = jax.vjp(conv, jnp.asarray(x, jnp.float32), jnp.asarray(w, jnp.float32))
+    for got, want in zip((y, *vjp(jnp.asarray(g, jnp.float32))),
+                         _np_conv_same_and_grads(x, w, g), strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-5)
+
+
 # Kernels odd and even, square and not; C_in below, equal to and above C_out (the
 # ways valid_kernel_grad slices: the input per tap, the output gradient per tap, and
 # all the output gradient's shifts in one product, up to `_CONCAT_COLUMNS`, 64, of them:
@@ -48,12 +56,7 @@ def test_conv_same_values_and_gradients_match_float64_brute_force(kh, kw, cin, c
     x = rng.normal(size=(3, 6, 5, cin))
     w = rng.normal(size=(kh, kw, cin, cout))
     g = rng.normal(size=(3, 6, 5, cout))
-    y, vjp = jax.vjp(cpu_conv.conv_same, jnp.asarray(x, jnp.float32), jnp.asarray(w, jnp.float32))
-    dx, dw = vjp(jnp.asarray(g, jnp.float32))
-    y_ref, dx_ref, dw_ref = _np_conv_same_and_grads(x, w, g)
-    np.testing.assert_allclose(y, y_ref, atol=1e-4, rtol=1e-5)
-    np.testing.assert_allclose(dx, dx_ref, atol=1e-4, rtol=1e-5)
-    np.testing.assert_allclose(dw, dw_ref, atol=1e-4, rtol=1e-5)
+    _check_against_brute_force(cpu_conv.conv_same, x, w, g)
 
 
 @pytest.mark.parametrize("kh,kw,cin,cout", [(3, 3, 16, 1), (3, 3, 5, 2), (5, 5, 3, 4), (4, 2, 6, 2),
@@ -62,11 +65,7 @@ def test_narrow_conv_values_and_gradients_match_float64_brute_force(kh, kw, cin,
     rng = np.random.default_rng(kh * 100 + kw * 10 + cout)
     x, g = rng.normal(size=(3, 6, 5, cin)), rng.normal(size=(3, 6, 5, cout))
     w = rng.normal(size=(kh, kw, cin, cout))
-    y, vjp = jax.vjp(cpu_conv.narrow_conv, jnp.asarray(x, jnp.float32),
-                     jnp.asarray(w, jnp.float32))
-    for got, want in zip((y, *vjp(jnp.asarray(g, jnp.float32))),
-                         _np_conv_same_and_grads(x, w, g), strict=True):
-        np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-5)
+    _check_against_brute_force(cpu_conv.narrow_conv, x, w, g)
 
 
 # Blocks of 4 columns (one or two channels), of 2 (up to eight), and none (more
@@ -81,11 +80,7 @@ def test_conv_few_channels_values_and_gradients_match_float64_brute_force(
     rng = np.random.default_rng(kh * 100 + kw * 10 + cin)
     x, g = rng.normal(size=(3, 5, width, cin)), rng.normal(size=(3, 5, width, cout))
     w = rng.normal(size=(kh, kw, cin, cout))
-    y, vjp = jax.vjp(cpu_conv.conv_few_channels, jnp.asarray(x, jnp.float32),
-                     jnp.asarray(w, jnp.float32))
-    for got, want in zip((y, *vjp(jnp.asarray(g, jnp.float32))),
-                         _np_conv_same_and_grads(x, w, g), strict=True):
-        np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-5)
+    _check_against_brute_force(cpu_conv.conv_few_channels, x, w, g)
 
 
 @pytest.mark.parametrize("cin,cout", [(3, 5), (8, 2)])
