@@ -11,6 +11,10 @@ turn see the same machine. Each side's figure is its median step (frames/s); the
 ratio's spread is that of the medians of the first and second halves of the steps.
 
     python -m experiments.bench_commits --old=HEAD~1 --configs=mnist5k,small --steps=40
+    python -m experiments.bench_commits --old=HEAD --new_env=GLIBC_TUNABLES=glibc.malloc.hugetlb=1
+
+The second form compares the same code with and without an environment setting, given
+to this checkout's process only.
 
 `paper` is SPIRAL's network on a 64x64 canvas (as in `bench_train`, --paper_batch).
 Needs git and the repository's history; the old commit needs `experiment.build`,
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -35,6 +40,9 @@ _OLD = flags.DEFINE_string("old", None, "The commit to compare with (any git rev
 _CONFIGS = flags.DEFINE_list("configs", ["mnist5k"], "Configs in experiments/configs, or paper.")
 _STEPS = flags.DEFINE_integer("steps", 40, "Timed train steps per side (after compiling).")
 _PAPER_BATCH = flags.DEFINE_integer("paper_batch", 16, "Batch of the paper-sized config.")
+_NEW_ENV = flags.DEFINE_list(
+    "new_env", [], "NAME=VALUE settings for this checkout's process only: with --old=HEAD, "
+    "an A/B of the environment (GLIBC_TUNABLES=glibc.malloc.hugetlb=1, say).")
 
 _ROOT = Path(__file__).resolve().parents[1]
 
@@ -89,8 +97,10 @@ def export_commit(revision: str, into: Path) -> str:
 class StepProcess:
     """A child process holding one tree's compiled train step for `config`."""
 
-    def __init__(self, tree: Path, config: str, paper_batch: int):
+    def __init__(self, tree: Path, config: str, paper_batch: int,
+                 extra_env: dict[str, str] | None = None):
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        env.update(extra_env or {})
         self.tree = tree
         # stderr to a file: JAX's logging could fill a pipe and block the child.
         self.stderr = tempfile.TemporaryFile(mode="w+")
@@ -125,15 +135,17 @@ class StepProcess:
         self.stderr.close()
 
 
-def compare(trees: dict[str, Path], config: str, steps: int, paper_batch: int
+def compare(trees: dict[str, Path], config: str, steps: int, paper_batch: int,
+            envs: dict[str, dict[str, str]] | None = None
             ) -> dict[str, tuple[float, list[float]]]:
-    """{name: (frames per step, each step's seconds)}, the trees' steps taken in turn.
-    The processes compile one after the other, so each gets the whole CPU."""
+    """{name: (frames per step, each step's seconds)}, the trees' steps taken in turn,
+    each tree's process with `envs[name]` added to this one's environment. The processes
+    compile one after the other, so each gets the whole CPU."""
     procs: dict[str, StepProcess] = {}
     frames: dict[str, int] = {}
     try:
         for name, tree in trees.items():
-            procs[name] = StepProcess(tree, config, paper_batch)
+            procs[name] = StepProcess(tree, config, paper_batch, (envs or {}).get(name))
             frames[name] = procs[name].ready()
         seconds: dict[str, list[float]] = {name: [] for name in trees}
         for _ in range(steps):
@@ -149,20 +161,34 @@ def median_fps(frames: float, seconds: list[float]) -> float:
     return frames / float(np.median(seconds))
 
 
+def parse_env(settings: list[str]) -> dict[str, str]:
+    """{NAME: VALUE} from NAME=VALUE strings; a one-line error for anything else."""
+    env = {}
+    for setting in settings:
+        name, sep, value = setting.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise SystemExit(f"--new_env={setting!r}: must be NAME=VALUE")
+        env[name] = value
+    return env
+
+
 def main(argv: list[str]) -> None:
     del argv
     if _STEPS.value < 2:
         raise SystemExit(f"--steps={_STEPS.value}: must be >= 2")
+    new_env = parse_env(_NEW_ENV.value)
     with tempfile.TemporaryDirectory() as tmp:
         old = export_commit(_OLD.value, Path(tmp))
         trees = {old: Path(tmp) / "tree", "this checkout": _ROOT}
         print(f"{os.cpu_count()} CPU cores; one device; {_STEPS.value} train steps of each,"
-              f" {old}'s and this checkout's in turn; median step")
+              f" {old}'s and this checkout's in turn; median step"
+              + "".join(f"; this checkout with {k}={v}" for k, v in new_env.items()))
         print(f"| config | frames/step | frames/s, {old} | frames/s, this checkout | ratio "
               "| ratio, first and second half |")
         print("|---|---|---|---|---|---|")
         for config in _CONFIGS.value:
-            runs = compare(trees, config, _STEPS.value, _PAPER_BATCH.value)
+            runs = compare(trees, config, _STEPS.value, _PAPER_BATCH.value,
+                           {"this checkout": new_env})
             (f_old, s_old), (f_new, s_new) = runs[old], runs["this checkout"]
             half = len(s_old) // 2
             halves = [median_fps(f_new, s_new[a:b]) / median_fps(f_old, s_old[a:b])

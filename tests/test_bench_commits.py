@@ -32,3 +32,16 @@ def test_two_processes_take_steps_in_turn():
 def test_a_failing_child_reports_its_error(tmp_path):
     with pytest.raises(RuntimeError, match="failed"):
         bench_commits.compare({"empty": tmp_path}, "small", steps=1, paper_batch=16)
+
+
+def test_environment_settings_are_parsed_and_reach_only_their_process(tmp_path):
+    assert bench_commits.parse_env(["GLIBC_TUNABLES=glibc.malloc.hugetlb=1", "A_1="]) == {
+        "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1", "A_1": ""}
+    for bad in ["NOVALUE", "=1", "1A=2"]:
+        with pytest.raises(SystemExit, match=f"--new_env='{bad}': must be NAME=VALUE"):
+            bench_commits.parse_env([bad])
+    # Python names a warning category it does not know on stderr at start-up, which the
+    # failing child's error then shows.
+    with pytest.raises(RuntimeError, match="NoSuchCategory"):
+        bench_commits.compare({"empty": tmp_path}, "small", steps=1, paper_batch=16,
+                              envs={"empty": {"PYTHONWARNINGS": "error::NoSuchCategory"}})
