@@ -23,6 +23,9 @@ Each time is the fastest call of >= 3 after one warm-up call, over at least
 times and each keeps its fastest. A call re-evaluates (episode_length - 1) * batch
 agent decisions ("frames"); the table gives frames per second and JAX / PyTorch.
 Torch uses os.cpu_count() threads (--torch_threads); XLA its default (all cores).
+After timing, one more call of each gives its minor page faults and system CPU time:
+both learners map their large buffers afresh on every call, and how much that costs
+depends on the machine's allocator settings (docs/speed.md, page faults).
 
 --check first builds both agents with the same weights on a 2-episode trajectory and
 prints the largest differences of logits, baselines, loss and every parameter
@@ -36,6 +39,7 @@ difference is. The flags --configs, --batch_sizes,
 from __future__ import annotations
 
 import os
+import resource
 import sys
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -94,6 +98,16 @@ def torch_learner(
     return step
 
 
+def call_cost(fn: Callable[[], Any]) -> tuple[int, float]:
+    """Minor page faults and system CPU seconds of one call of `fn` (this process's).
+    Both learners' large buffers are mapped afresh on every call, and the kernel's
+    filling of those pages shows as system time (docs/speed.md, page faults)."""
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    jax.block_until_ready(fn())
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    return after.ru_minflt - before.ru_minflt, after.ru_stime - before.ru_stime
+
+
 def check(env: LibMyPaint, names: list[str]) -> None:
     """Prints `check_against_jax` for each config; exits if one is out of tolerance."""
     worst = 0.0
@@ -147,6 +161,7 @@ def bench_config(name: str, env: LibMyPaint, batches: list[int]) -> list[dict[st
         for _ in range(_ROUNDS.value):
             for k, fn in learners.items():
                 seconds[k] = min(seconds[k], timed(fn, min_s))
+        costs = {k: call_cost(fn) for k, fn in learners.items()}
         frames = decisions * batch
         jax_fps, eager_fps = frames / seconds["jax"], frames / seconds["eager"]
         compiled_fps = frames / seconds["compiled"] if _COMPILE.value else float("nan")
@@ -158,6 +173,9 @@ def bench_config(name: str, env: LibMyPaint, batches: list[int]) -> list[dict[st
             + (f"  torch.compile {compiled_fps:>8,.0f}/s" if _COMPILE.value else ""),
             flush=True,
         )
+        print("             page faults, system CPU s a call: " + ", ".join(
+            f"{k} {faults:,} {system:.2f}" for k, (faults, system) in costs.items()),
+            flush=True)
     return rows
 
 
