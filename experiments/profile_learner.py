@@ -26,6 +26,7 @@ import jax
 from absl import app, flags
 
 from experiments import bench_agent
+from experiments.trace_ops import op_sources
 from spiral_jax import agent as agent_lib
 from spiral_jax import rollout as rollout_lib
 from spiral_jax.envs.libmypaint import LibMyPaint
@@ -34,27 +35,6 @@ _CONFIG = flags.DEFINE_enum("config", "paper", list(bench_agent.CONFIGS), "Agent
 _BATCH = flags.DEFINE_integer("batch", 16, "Episodes in the learner's batch.")
 _CALLS = flags.DEFINE_integer("calls", 3, "Traced calls (after one untraced).")
 _TOP = flags.DEFINE_integer("top", 25, "Operations listed.")
-
-
-def op_sources(hlo_text: str) -> dict[str, tuple[str, str]]:
-    """HLO instruction name -> (output shape, JAX op_name) of a compiled module's text;
-    a fusion without metadata takes the last op_name inside its computation."""
-    inside: dict[str, str] = {}
-    for block in hlo_text.split("\n\n"):
-        head = re.match(r"%?([\w.\-]+) ", block.strip())
-        names = re.findall(r'op_name="([^"]+)"', block)
-        if head and names:
-            inside[head.group(1)] = names[-1]
-    sources = {}
-    for line in hlo_text.splitlines():
-        m = re.match(r"\s*(?:ROOT )?%([\w.\-]+) = (\S+) ", line)
-        if not m:
-            continue
-        name = re.search(r'op_name="([^"]+)"', line)
-        calls = re.search(r"calls=%([\w.\-]+)", line)
-        source = name.group(1) if name else inside.get(calls.group(1), "") if calls else ""
-        sources[m.group(1)] = (m.group(2), source)
-    return sources
 
 
 def main(argv: list[str]) -> None:

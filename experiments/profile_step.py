@@ -1,0 +1,116 @@
+r"""python -m experiments.profile_step --config=mnist5k
+
+Where a bare train step's time goes, by phase: per-operation times from a
+`jax.profiler` trace of a few steps of `train_step.make_train_step` for a config in
+experiments/configs (one device), each operation put in a phase by the JAX operation
+it comes from (the HLO's metadata, as `experiments.profile_learner` reads it):
+
+* rollout: the agent and the brush engine stepping through the episodes;
+* policy forward / backward: the learner's passes (`SpiralAgent.unroll` and its
+  gradient), split into the torso (canvas encoder), the LSTM core, the location
+  decoders and the other heads;
+* critic: the discriminator's scores and its updates (gradient penalty included);
+* other: rewards, optimisers, metrics, and operations without metadata.
+
+Operations run on two threads at once, so a phase's figure is operation time, not
+wall time; a conditional's or a loop's own event, which covers the operations inside
+it, is left out so that nothing is counted twice.
+"""
+
+from __future__ import annotations
+
+import collections
+import glob
+import gzip
+import importlib
+import json
+import re
+import tempfile
+import time
+
+import jax
+import numpy as np
+from absl import app, flags
+
+from experiments.trace_ops import op_sources
+from spiral_jax import experiment, train_step
+
+_CONFIG = flags.DEFINE_string("config", "mnist5k", "A config in experiments/configs.")
+_STEPS = flags.DEFINE_integer("steps", 5, "Traced steps (after a few untraced).")
+_TOP = flags.DEFINE_integer("top", 15, "Operations listed after the phases.")
+
+# Events of operations that contain others: their time is their contents'.
+_CONTAINERS = ("conditional", "while", "call")
+
+
+def phase_of(source: str) -> str:
+    """The phase of an operation, from the JAX op_name it comes from."""
+    if "Discriminator" in source:
+        return "critic"
+    if "SpiralAgent.unroll" in source:
+        part = ("location decoders" if "_decoder" in source else
+                "torso" if "_encode" in source else
+                "LSTM core" if "/core/" in source else "other heads")
+        return f"policy {'backward' if 'transpose(jvp(' in source else 'forward'}, {part}"
+    if "while/body" in source:
+        return "rollout"
+    return "other"
+
+
+def opcodes(hlo_text: str) -> dict[str, str]:
+    """HLO instruction name -> opcode."""
+    found = re.findall(r"^\s*(?:ROOT )?%([\w.\-]+) = \S+ ([\w\-]+)\(", hlo_text, re.M)
+    return dict(found)
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    config = importlib.import_module(f"experiments.configs.{_CONFIG.value}").get_config()
+    exp = experiment.build(config)
+    state = exp.init_state(jax.random.PRNGKey(0))
+    step = train_step.make_train_step(exp)
+    keys = iter(jax.random.split(jax.random.PRNGKey(1), 4 + 2 * _STEPS.value))
+    seconds = []
+    for _ in range(3 + _STEPS.value):  # compile, warm up, then time untraced
+        start = time.perf_counter()
+        state, metrics = step(state, next(keys))
+        jax.block_until_ready(metrics)
+        seconds.append(time.perf_counter() - start)
+    median = float(np.median(seconds[3:]))
+    print(f"[{_CONFIG.value}] {median * 1e3:.0f} ms a step (median of {_STEPS.value}), "
+          f"{exp.frames_per_step() / median:.0f} frames/s")
+    # The names in the trace are those of the compiled step's HLO. (Lowered before the
+    # traced steps: they donate `state`.)
+    hlo = step.lower(state, next(keys)).compile().as_text()
+    with tempfile.TemporaryDirectory() as logdir:
+        with jax.profiler.trace(logdir):
+            for _ in range(_STEPS.value):
+                state, metrics = step(state, next(keys))
+                jax.block_until_ready(metrics)
+        (path,) = glob.glob(f"{logdir}/**/*.trace.json.gz", recursive=True)
+        with gzip.open(path) as f:
+            events = json.load(f)["traceEvents"]
+    sources, codes = op_sources(hlo), opcodes(hlo)
+    times: collections.Counter[str] = collections.Counter()
+    for e in events:
+        name = e.get("name")
+        if e.get("ph") == "X" and name in sources and codes.get(name) not in _CONTAINERS:
+            times[name] += e["dur"]
+    total = sum(times.values())
+    phases: collections.Counter[str] = collections.Counter()
+    for name, us in times.items():
+        phases[phase_of(sources[name][1])] += us
+    per_step = lambda us: us / _STEPS.value / 1e3  # noqa: E731
+    print(f"traced operation time {per_step(total):.0f} ms a step\n")
+    print("| phase | ms a step | share |\n|---|---|---|")
+    for phase, us in phases.most_common():
+        print(f"| {phase} | {per_step(us):.1f} | {100 * us / total:.1f} % |")
+    print("\n| ms a step | operation | output | from |\n|---|---|---|---|")
+    for name, us in times.most_common(_TOP.value):
+        shape, source = sources[name]
+        source = re.sub(r"^jit\([^)]*\)/", "", source).replace("SpiralAgent.", "")
+        print(f"| {per_step(us):.1f} | {name} | {shape.split('{')[0]} | {source[:90]} |")
+
+
+if __name__ == "__main__":
+    app.run(main)

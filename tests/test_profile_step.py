@@ -1,0 +1,47 @@
+"""experiments.profile_step's phases, and experiments.trace_ops' reading of HLO text."""
+
+from __future__ import annotations
+
+from experiments import profile_step, trace_ops
+
+_HLO = """\
+%fused_computation.1 (p: f32[4]) -> f32[4] {
+  %p = f32[4]{0} parameter(0)
+  ROOT %m = f32[4]{0} maximum(%p, %p), metadata={op_name="jvp(SpiralAgent.unroll)/torso/max"}
+}
+
+ENTRY %main (a: f32[4]) -> f32[4] {
+  %a = f32[4]{0} parameter(0)
+  %fusion.1 = f32[4]{0} fusion(%a), kind=kLoop, calls=%fused_computation.1
+  %cond.2 = (f32[4]{0}) conditional(%a), metadata={op_name="jit(train_step)/cond"}
+  ROOT %dot.3 = f32[4]{0} dot(%a, %a), metadata={op_name="transpose(jvp(Discriminator))/dot"}
+}
+"""
+
+
+def test_operations_are_named_by_their_source_and_opcode():
+    sources = trace_ops.op_sources(_HLO)
+    # A fusion without metadata takes the op_name inside its computation.
+    assert sources["fusion.1"] == ("f32[4]{0}", "jvp(SpiralAgent.unroll)/torso/max")
+    assert sources["dot.3"] == ("f32[4]{0}", "transpose(jvp(Discriminator))/dot")
+    codes = profile_step.opcodes(_HLO)
+    assert codes["fusion.1"] == "fusion" and codes["cond.2"] == "conditional"
+    assert codes["dot.3"] == "dot"
+
+
+def test_phases():
+    unroll = "jit(train_step)/{}(SpiralAgent.unroll){}/SpiralAgent."
+    cases = {
+        unroll.format("jvp", "") + "_encode/torso/conv/max": "policy forward, torso",
+        unroll.format("transpose(jvp", ")") + "_heads/heads/end_decoder/pad":
+            "policy backward, location decoders",
+        "jit(train_step)/transpose(jvp(SpiralAgent.unroll))/core/while/body/dot":
+            "policy backward, LSTM core",
+        unroll.format("jvp", "") + "_heads/heads/flag/dot": "policy forward, other heads",
+        "jit(train_step)/transpose(jvp(transpose(jvp(jvp(Discriminator)))))/conv_1": "critic",
+        "jit(train_step)/vmap()/while/body/closed_call/SpiralAgent.step/x": "rollout",
+        "jit(train_step)/add": "other",
+        "": "other",
+    }
+    for source, phase in cases.items():
+        assert profile_step.phase_of(source) == phase, source
