@@ -39,7 +39,6 @@ difference is. The flags --configs, --batch_sizes,
 from __future__ import annotations
 
 import os
-import resource
 import sys
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -57,6 +56,7 @@ except ImportError:
 from experiments import bench_agent
 from experiments import torch_agent as torch_lib
 from experiments.bench_agent import CONFIGS, learner, timed
+from experiments.profiling import call_cost
 from spiral_jax import agent as agent_lib
 from spiral_jax import rollout as rollout_lib
 from spiral_jax.envs.libmypaint import LibMyPaint
@@ -96,16 +96,6 @@ def torch_learner(
         loss_fn(agent, inputs).backward()
 
     return step
-
-
-def call_cost(fn: Callable[[], Any]) -> tuple[int, float]:
-    """Minor page faults and system CPU seconds of one call of `fn` (this process's).
-    Both learners' large buffers are mapped afresh on every call, and the kernel's
-    filling of those pages shows as system time (docs/speed.md, page faults)."""
-    before = resource.getrusage(resource.RUSAGE_SELF)
-    jax.block_until_ready(fn())
-    after = resource.getrusage(resource.RUSAGE_SELF)
-    return after.ru_minflt - before.ru_minflt, after.ru_stime - before.ru_stime
 
 
 def check(env: LibMyPaint, names: list[str]) -> None:

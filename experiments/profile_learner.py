@@ -26,7 +26,7 @@ import jax
 from absl import app, flags
 
 from experiments import bench_agent
-from experiments.trace_ops import op_sources
+from experiments.profiling import op_sources
 from spiral_jax import agent as agent_lib
 from spiral_jax import rollout as rollout_lib
 from spiral_jax.envs.libmypaint import LibMyPaint

@@ -32,7 +32,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from experiments.trace_ops import op_sources
+from experiments.profiling import op_sources, opcodes, phase_of
 from spiral_jax import experiment, train_step
 
 _CONFIG = flags.DEFINE_string("config", "mnist5k", "A config in experiments/configs.")
@@ -41,26 +41,6 @@ _TOP = flags.DEFINE_integer("top", 15, "Operations listed after the phases.")
 
 # Events of operations that contain others: their time is their contents'.
 _CONTAINERS = ("conditional", "while", "call")
-
-
-def phase_of(source: str) -> str:
-    """The phase of an operation, from the JAX op_name it comes from."""
-    if "Discriminator" in source:
-        return "critic"
-    if "SpiralAgent.unroll" in source:
-        part = ("location decoders" if "_decoder" in source else
-                "torso" if "_encode" in source else
-                "LSTM core" if "/core/" in source else "other heads")
-        return f"policy {'backward' if 'transpose(jvp(' in source else 'forward'}, {part}"
-    if "while/body" in source:
-        return "rollout"
-    return "other"
-
-
-def opcodes(hlo_text: str) -> dict[str, str]:
-    """HLO instruction name -> opcode."""
-    found = re.findall(r"^\s*(?:ROOT )?%([\w.\-]+) = \S+ ([\w\-]+)\(", hlo_text, re.M)
-    return dict(found)
 
 
 def main(argv: list[str]) -> None:

@@ -1,8 +1,9 @@
-"""experiments.profile_step's phases, and experiments.trace_ops' reading of HLO text."""
+"""experiments.profiling: HLO text read for the sources and phases of traced operations,
+and the page faults of a call."""
 
 from __future__ import annotations
 
-from experiments import profile_step, trace_ops
+from experiments import profiling
 
 _HLO = """\
 %fused_computation.1 (p: f32[4]) -> f32[4] {
@@ -20,11 +21,11 @@ ENTRY %main (a: f32[4]) -> f32[4] {
 
 
 def test_operations_are_named_by_their_source_and_opcode():
-    sources = trace_ops.op_sources(_HLO)
+    sources = profiling.op_sources(_HLO)
     # A fusion without metadata takes the op_name inside its computation.
     assert sources["fusion.1"] == ("f32[4]{0}", "jvp(SpiralAgent.unroll)/torso/max")
     assert sources["dot.3"] == ("f32[4]{0}", "transpose(jvp(Discriminator))/dot")
-    codes = profile_step.opcodes(_HLO)
+    codes = profiling.opcodes(_HLO)
     assert codes["fusion.1"] == "fusion" and codes["cond.2"] == "conditional"
     assert codes["dot.3"] == "dot"
 
@@ -44,4 +45,17 @@ def test_phases():
         "": "other",
     }
     for source, phase in cases.items():
-        assert profile_step.phase_of(source) == phase, source
+        assert profiling.phase_of(source) == phase, source
+
+
+def test_a_call_that_writes_fresh_memory_counts_its_page_faults():
+    size = 64 * 2**20  # above glibc's largest mmap threshold: mapped afresh each call
+
+    def touch() -> None:
+        b"\x01" * size  # malloc'd and written (numpy would ask for huge pages)
+
+    faults, system = profiling.call_cost(touch)
+    assert faults >= 0.9 * size / 4096
+    assert system >= 0.0
+    idle_faults, _ = profiling.call_cost(lambda: None)
+    assert idle_faults < 0.1 * size / 4096

@@ -1,0 +1,64 @@
+"""Helpers of the profiling and bench scripts, without flags of their own (so that
+tests can import them): which JAX operation each XLA operation in a `jax.profiler`
+trace comes from, and which phase of the train step that is (`profile_learner`,
+`profile_step`); a call's page faults and system time (`bench_torch`)."""
+
+from __future__ import annotations
+
+import re
+import resource
+from collections.abc import Callable
+from typing import Any
+
+import jax
+
+
+def op_sources(hlo_text: str) -> dict[str, tuple[str, str]]:
+    """HLO instruction name -> (output shape, JAX op_name) of a compiled module's text;
+    a fusion without metadata takes the last op_name inside its computation."""
+    inside: dict[str, str] = {}
+    for block in hlo_text.split("\n\n"):
+        head = re.match(r"%?([\w.\-]+) ", block.strip())
+        names = re.findall(r'op_name="([^"]+)"', block)
+        if head and names:
+            inside[head.group(1)] = names[-1]
+    sources = {}
+    for line in hlo_text.splitlines():
+        m = re.match(r"\s*(?:ROOT )?%([\w.\-]+) = (\S+) ", line)
+        if not m:
+            continue
+        name = re.search(r'op_name="([^"]+)"', line)
+        calls = re.search(r"calls=%([\w.\-]+)", line)
+        source = name.group(1) if name else inside.get(calls.group(1), "") if calls else ""
+        sources[m.group(1)] = (m.group(2), source)
+    return sources
+
+
+def phase_of(source: str) -> str:
+    """The phase of an operation, from the JAX op_name it comes from."""
+    if "Discriminator" in source:
+        return "critic"
+    if "SpiralAgent.unroll" in source:
+        part = ("location decoders" if "_decoder" in source else
+                "torso" if "_encode" in source else
+                "LSTM core" if "/core/" in source else "other heads")
+        return f"policy {'backward' if 'transpose(jvp(' in source else 'forward'}, {part}"
+    if "while/body" in source:
+        return "rollout"
+    return "other"
+
+
+def opcodes(hlo_text: str) -> dict[str, str]:
+    """HLO instruction name -> opcode."""
+    found = re.findall(r"^\s*(?:ROOT )?%([\w.\-]+) = \S+ ([\w\-]+)\(", hlo_text, re.M)
+    return dict(found)
+
+
+def call_cost(fn: Callable[[], Any]) -> tuple[int, float]:
+    """Minor page faults and system CPU seconds of one call of `fn` (this process's).
+    Both learners' large buffers are mapped afresh on every call, and the kernel's
+    filling of those pages shows as system time (docs/speed.md, page faults)."""
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    jax.block_until_ready(fn())
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    return after.ru_minflt - before.ru_minflt, after.ru_stime - before.ru_stime
