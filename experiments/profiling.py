@@ -49,8 +49,10 @@ def phase_of(source: str) -> str:
 
 
 def opcodes(hlo_text: str) -> dict[str, str]:
-    """HLO instruction name -> opcode."""
-    found = re.findall(r"^\s*(?:ROOT )?%([\w.\-]+) = \S+ ([\w\-]+)\(", hlo_text, re.M)
+    """HLO instruction name -> opcode. (The opcode is the first word after the shape
+    that opens a parenthesis; a shape ends with `]`, a layout's `}` or a tuple's `)`.)"""
+    found = re.findall(r"^\s*(?:ROOT )?%([\w.\-]+) = .*?[\]})] ([a-z][\w\-]*)\(",
+                       hlo_text, re.M)
     return dict(found)
 
 

@@ -15,6 +15,8 @@ ENTRY %main (a: f32[4]) -> f32[4] {
   %a = f32[4]{0} parameter(0)
   %fusion.1 = f32[4]{0} fusion(%a), kind=kLoop, calls=%fused_computation.1
   %cond.2 = (f32[4]{0}) conditional(%a), metadata={op_name="jit(train_step)/cond"}
+  %while.4 = (s32[], f32[4]{0}) while(%t), condition=%c, body=%b
+  %c.5 = f32[] constant(1)
   ROOT %dot.3 = f32[4]{0} dot(%a, %a), metadata={op_name="transpose(jvp(Discriminator))/dot"}
 }
 """
@@ -27,6 +29,7 @@ def test_operations_are_named_by_their_source_and_opcode():
     assert sources["dot.3"] == ("f32[4]{0}", "transpose(jvp(Discriminator))/dot")
     codes = profiling.opcodes(_HLO)
     assert codes["fusion.1"] == "fusion" and codes["cond.2"] == "conditional"
+    assert codes["while.4"] == "while" and codes["c.5"] == "constant"
     assert codes["dot.3"] == "dot"
 
 
