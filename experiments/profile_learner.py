@@ -8,7 +8,8 @@ operation time, its output shape and the JAX operation it comes from (the HLO's
 metadata; kernel-gradient convolutions and layout copies often carry none).
 
 Operations run on two or more threads at once, so the shares are of operation time,
-not of wall time; a CPU's page faults and the runtime's waits are in neither. The
+not of wall time (a conditional's or a loop's own event, which covers the operations
+inside it, is left out); a CPU's page faults and the runtime's waits are in neither. The
 largest convolutions (XLA's own, such as the torso's 5x5 conv) leave no event in the
 trace and are missing from the list; time them in isolation.
 """
@@ -26,7 +27,7 @@ import jax
 from absl import app, flags
 
 from experiments import bench_agent
-from experiments.profiling import op_sources
+from experiments.profiling import CONTAINERS, op_sources, opcodes
 from spiral_jax import agent as agent_lib
 from spiral_jax import rollout as rollout_lib
 from spiral_jax.envs.libmypaint import LibMyPaint
@@ -50,7 +51,8 @@ def main(argv: list[str]) -> None:
     print(f"[{_CONFIG.value}] batch {_BATCH.value}: {seconds * 1e3:.0f} ms a call, "
           f"{frames / seconds:.1f} frames/s")
     compiled = bench_agent.jitted_learner().lower(agent, params, traj).compile()
-    sources = op_sources(compiled.as_text())
+    hlo = compiled.as_text()
+    sources, codes = op_sources(hlo), opcodes(hlo)
     with tempfile.TemporaryDirectory() as logdir:
         with jax.profiler.trace(logdir):
             for _ in range(_CALLS.value):
@@ -60,7 +62,8 @@ def main(argv: list[str]) -> None:
             events = json.load(f)["traceEvents"]
     times: collections.Counter[str] = collections.Counter()
     for e in events:
-        if e.get("ph") == "X" and e["name"] in sources:
+        name = e.get("name")
+        if e.get("ph") == "X" and name in sources and codes.get(name) not in CONTAINERS:
             times[e["name"]] += e["dur"]
     total = sum(times.values())
     print(f"traced operation time {total / _CALLS.value / 1e3:.0f} ms a call\n")

@@ -32,16 +32,12 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from experiments.profiling import op_sources, opcodes, phase_of
+from experiments.profiling import CONTAINERS, op_sources, opcodes, phase_of
 from spiral_jax import experiment, train_step
 
 _CONFIG = flags.DEFINE_string("config", "mnist5k", "A config in experiments/configs.")
 _STEPS = flags.DEFINE_integer("steps", 5, "Traced steps (after a few untraced).")
 _TOP = flags.DEFINE_integer("top", 15, "Operations listed after the phases.")
-
-# Events of operations that contain others: their time is their contents'.
-_CONTAINERS = ("conditional", "while", "call")
-
 
 def main(argv: list[str]) -> None:
     del argv
@@ -74,7 +70,7 @@ def main(argv: list[str]) -> None:
     times: collections.Counter[str] = collections.Counter()
     for e in events:
         name = e.get("name")
-        if e.get("ph") == "X" and name in sources and codes.get(name) not in _CONTAINERS:
+        if e.get("ph") == "X" and name in sources and codes.get(name) not in CONTAINERS:
             times[name] += e["dur"]
     total = sum(times.values())
     phases: collections.Counter[str] = collections.Counter()

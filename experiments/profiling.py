@@ -12,6 +12,10 @@ from typing import Any
 
 import jax
 
+# Opcodes of operations that contain others: a trace event of one covers the events of
+# the operations inside it, so profiles leave it out.
+CONTAINERS = ("conditional", "while", "call")
+
 
 def op_sources(hlo_text: str) -> dict[str, tuple[str, str]]:
     """HLO instruction name -> (output shape, JAX op_name) of a compiled module's text;
