@@ -16,18 +16,11 @@ trace and are missing from the list; time them in isolation.
 
 from __future__ import annotations
 
-import collections
-import glob
-import gzip
-import json
-import re
-import tempfile
-
 import jax
 from absl import app, flags
 
 from experiments import bench_agent
-from experiments.profiling import CONTAINERS, op_sources, opcodes
+from experiments.profiling import op_times, short_source
 from spiral_jax import agent as agent_lib
 from spiral_jax import rollout as rollout_lib
 from spiral_jax.envs.libmypaint import LibMyPaint
@@ -50,30 +43,21 @@ def main(argv: list[str]) -> None:
     frames = (env.episode_length - 1) * _BATCH.value
     print(f"[{_CONFIG.value}] batch {_BATCH.value}: {seconds * 1e3:.0f} ms a call, "
           f"{frames / seconds:.1f} frames/s")
-    compiled = bench_agent.jitted_learner().lower(agent, params, traj).compile()
-    hlo = compiled.as_text()
-    sources, codes = op_sources(hlo), opcodes(hlo)
-    with tempfile.TemporaryDirectory() as logdir:
-        with jax.profiler.trace(logdir):
-            for _ in range(_CALLS.value):
-                call()
-        (path,) = glob.glob(f"{logdir}/**/*.trace.json.gz", recursive=True)
-        with gzip.open(path) as f:
-            events = json.load(f)["traceEvents"]
-    times: collections.Counter[str] = collections.Counter()
-    for e in events:
-        name = e.get("name")
-        if e.get("ph") == "X" and name in sources and codes.get(name) not in CONTAINERS:
-            times[e["name"]] += e["dur"]
+    hlo = bench_agent.jitted_learner().lower(agent, params, traj).compile().as_text()
+
+    def run() -> None:
+        for _ in range(_CALLS.value):
+            call()
+
+    times, sources = op_times(run, hlo)
     total = sum(times.values())
     print(f"traced operation time {total / _CALLS.value / 1e3:.0f} ms a call\n")
     print("| ms a call | share | operation | output | from |")
     print("|---|---|---|---|---|")
     for name, us in times.most_common(_TOP.value):
         shape, source = sources[name]
-        source = re.sub(r"^jit\([^)]*\)/", "", source).replace("SpiralAgent.", "")
         print(f"| {us / _CALLS.value / 1e3:.1f} | {100 * us / total:.1f} % | {name} "
-              f"| {shape.split('{')[0]} | {source[:90]} |")
+              f"| {shape.split('{')[0]} | {short_source(source)[:90]} |")
 
 
 if __name__ == "__main__":

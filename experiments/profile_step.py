@@ -20,24 +20,20 @@ it, is left out so that nothing is counted twice.
 from __future__ import annotations
 
 import collections
-import glob
-import gzip
 import importlib
-import json
-import re
-import tempfile
 import time
 
 import jax
 import numpy as np
 from absl import app, flags
 
-from experiments.profiling import CONTAINERS, op_sources, opcodes, phase_of
+from experiments.profiling import op_times, phase_of, short_source
 from spiral_jax import experiment, train_step
 
 _CONFIG = flags.DEFINE_string("config", "mnist5k", "A config in experiments/configs.")
 _STEPS = flags.DEFINE_integer("steps", 5, "Traced steps (after a few untraced).")
 _TOP = flags.DEFINE_integer("top", 15, "Operations listed after the phases.")
+
 
 def main(argv: list[str]) -> None:
     del argv
@@ -58,20 +54,14 @@ def main(argv: list[str]) -> None:
     # The names in the trace are those of the compiled step's HLO. (Lowered before the
     # traced steps: they donate `state`.)
     hlo = step.lower(state, next(keys)).compile().as_text()
-    with tempfile.TemporaryDirectory() as logdir:
-        with jax.profiler.trace(logdir):
-            for _ in range(_STEPS.value):
-                state, metrics = step(state, next(keys))
-                jax.block_until_ready(metrics)
-        (path,) = glob.glob(f"{logdir}/**/*.trace.json.gz", recursive=True)
-        with gzip.open(path) as f:
-            events = json.load(f)["traceEvents"]
-    sources, codes = op_sources(hlo), opcodes(hlo)
-    times: collections.Counter[str] = collections.Counter()
-    for e in events:
-        name = e.get("name")
-        if e.get("ph") == "X" and name in sources and codes.get(name) not in CONTAINERS:
-            times[name] += e["dur"]
+
+    def run() -> None:
+        nonlocal state
+        for _ in range(_STEPS.value):
+            state, metrics = step(state, next(keys))
+            jax.block_until_ready(metrics)
+
+    times, sources = op_times(run, hlo)
     total = sum(times.values())
     phases: collections.Counter[str] = collections.Counter()
     for name, us in times.items():
@@ -84,8 +74,8 @@ def main(argv: list[str]) -> None:
     print("\n| ms a step | operation | output | from |\n|---|---|---|---|")
     for name, us in times.most_common(_TOP.value):
         shape, source = sources[name]
-        source = re.sub(r"^jit\([^)]*\)/", "", source).replace("SpiralAgent.", "")
-        print(f"| {per_step(us):.1f} | {name} | {shape.split('{')[0]} | {source[:90]} |")
+        print(f"| {per_step(us):.1f} | {name} | {shape.split('{')[0]} "
+              f"| {short_source(source)[:90]} |")
 
 
 if __name__ == "__main__":

@@ -1,12 +1,17 @@
 """Helpers of the profiling and bench scripts, without flags of their own (so that
-tests can import them): which JAX operation each XLA operation in a `jax.profiler`
-trace comes from, and which phase of the train step that is (`profile_learner`,
+tests can import them): each XLA operation's time in a `jax.profiler` trace, which JAX
+operation it comes from and which phase of the train step that is (`profile_learner`,
 `profile_step`); a call's page faults and system time (`bench_torch`)."""
 
 from __future__ import annotations
 
+import collections
+import glob
+import gzip
+import json
 import re
 import resource
+import tempfile
 from collections.abc import Callable
 from typing import Any
 
@@ -36,6 +41,32 @@ def op_sources(hlo_text: str) -> dict[str, tuple[str, str]]:
         source = name.group(1) if name else inside.get(calls.group(1), "") if calls else ""
         sources[m.group(1)] = (m.group(2), source)
     return sources
+
+
+def op_times(run: Callable[[], Any], hlo_text: str
+             ) -> tuple[collections.Counter[str], dict[str, tuple[str, str]]]:
+    """Microseconds of each operation of `hlo_text` (a compiled module's text) in a
+    `jax.profiler` trace of `run()`, which must run that module, and the operations'
+    `op_sources`. Operations that contain others (`CONTAINERS`) are left out: their
+    events cover their contents'."""
+    codes, sources = opcodes(hlo_text), op_sources(hlo_text)
+    with tempfile.TemporaryDirectory() as logdir:
+        with jax.profiler.trace(logdir):
+            run()
+        (path,) = glob.glob(f"{logdir}/**/*.trace.json.gz", recursive=True)
+        with gzip.open(path) as f:
+            events = json.load(f)["traceEvents"]
+    times: collections.Counter[str] = collections.Counter()
+    for e in events:
+        name = e.get("name")
+        if e.get("ph") == "X" and name in sources and codes.get(name) not in CONTAINERS:
+            times[name] += e["dur"]
+    return times, sources
+
+
+def short_source(source: str) -> str:
+    """An op_name without its jit(...) prefix and the agent's class name, for tables."""
+    return re.sub(r"^jit\([^)]*\)/", "", source).replace("SpiralAgent.", "")
 
 
 def phase_of(source: str) -> str:

@@ -3,6 +3,9 @@ and the page faults of a call."""
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
+
 from experiments import profiling
 
 _HLO = """\
@@ -62,3 +65,19 @@ def test_a_call_that_writes_fresh_memory_counts_its_page_faults():
     assert system >= 0.0
     idle_faults, _ = profiling.call_cost(lambda: None)
     assert idle_faults < 0.1 * size / 4096
+
+
+def test_op_times_leave_out_containers_and_short_sources_drop_prefixes():
+    @jax.jit
+    def f(x):
+        return jax.lax.cond(x.sum() > 0, lambda y: jnp.sin(y) * 2, lambda y: y + 1, x)
+
+    x = jnp.ones((256, 256))
+    hlo = f.lower(x).compile().as_text()
+    times, sources = profiling.op_times(lambda: jax.block_until_ready(f(x)), hlo)
+    codes = profiling.opcodes(hlo)
+    assert "conditional" in codes.values()
+    assert times and set(times) <= set(sources)
+    assert all(codes[name] not in profiling.CONTAINERS for name in times)
+    assert profiling.short_source("jit(train_step)/jvp(SpiralAgent.unroll)/x") == (
+        "jvp(unroll)/x")
