@@ -36,7 +36,14 @@ from jax.sharding import PartitionSpec as P
 
 from spiral_jax import agent as agent_lib
 from spiral_jax import datasets as data_lib
-from spiral_jax import device_data, disc_learner, environments, policy_learner, rollout
+from spiral_jax import (
+    device_data,
+    disc_learner,
+    environments,
+    policy_learner,
+    rollout,
+    xla_cpu,
+)
 from spiral_jax import discriminator as disc_lib
 from spiral_jax import population as population_lib
 from spiral_jax import replay as replay_lib
@@ -280,6 +287,7 @@ def build(
     """
     try:
         if mesh is None:
+            xla_cpu.keep_host_memory()  # before the first computation
             mesh = make_mesh(member_shards=_member_shards(config, jax.device_count()))
         return _build(config, mesh, dataset)
     except ConfigError:

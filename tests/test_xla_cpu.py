@@ -1,7 +1,14 @@
-"""Tests of spiral_jax.xla_cpu: the options it compiles with, and that they change
-nothing about what a function computes."""
+"""Tests of spiral_jax.xla_cpu: the options it compiles with, that they change
+nothing about what a function computes, and that `keep_host_memory` stops the page
+faults of XLA's temporary buffer."""
 
 from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -43,3 +50,56 @@ def test_jit_computes_what_jax_jit_does_and_passes_its_arguments():
     plain = xla_cpu.jit(lambda x: x + 1, compiler_options={
         "xla_cpu_experimental_ynn_fusion_type": ""})
     np.testing.assert_array_equal(plain(jnp.arange(3.0)), [1.0, 2.0, 3.0])
+
+
+# A fresh process (keep_host_memory must come before JAX's backends): a function with a
+# 128 MB temporary buffer, called twice, then the median of 5 calls' minor page faults.
+_FAULTS = r"""
+import json, resource, sys
+import jax, jax.numpy as jnp
+from spiral_jax import xla_cpu
+applied = xla_cpu.keep_host_memory() if sys.argv[1] == "keep" else None
+f = xla_cpu.jit(lambda x: jnp.max(jnp.cumsum(x * x, axis=0), axis=0))
+x = jnp.ones((2048, 8192))
+temp = f.lower(x).compile().memory_analysis().temp_size_in_bytes
+for _ in range(2):
+    f(x).block_until_ready()
+faults = []
+for _ in range(5):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    f(x).block_until_ready()
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(json.dumps({"applied": applied, "temp_pages": temp / 4096,
+                  "faults": sorted(faults)[2]}))
+"""
+
+
+def _faults(mode: str, **env: str) -> dict:
+    base = {k: v for k, v in os.environ.items() if k != "JAX_CPU_ENABLE_ASYNC_DISPATCH"}
+    out = subprocess.run([sys.executable, "-c", _FAULTS, mode], capture_output=True, text=True,
+                         env={**base, **env}, timeout=300, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
+                    reason="glibc's allocator")
+def test_keep_host_memory_stops_the_temporary_buffers_page_faults():
+    """Without it, every call faults in its whole 128 MB temporary buffer; with it, the
+    calls reuse the pages; with JAX_CPU_ENABLE_ASYNC_DISPATCH set it leaves the
+    process alone."""
+    if jax.default_backend() != "cpu":
+        pytest.skip("a CPU setting")
+    plain = _faults("plain")
+    assert plain["temp_pages"] >= 32_000
+    assert plain["faults"] > 0.9 * plain["temp_pages"]
+    kept = _faults("keep")
+    assert kept["applied"] is True
+    assert kept["faults"] < 0.01 * kept["temp_pages"]
+    chosen = _faults("keep", JAX_CPU_ENABLE_ASYNC_DISPATCH="true")
+    assert chosen["applied"] is False
+    assert chosen["faults"] > 0.9 * chosen["temp_pages"]
+
+
+def test_keep_host_memory_refuses_once_backends_exist():
+    jax.devices()
+    assert xla_cpu.keep_host_memory() is False
