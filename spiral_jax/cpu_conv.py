@@ -14,7 +14,7 @@ Five things are slow there (docs/speed.md):
   the batch and the positions, so here it is one matrix product per kernel tap over the
   flattened, padded grid (`valid_kernel_grad`): the input is read as it is stored, and only the
   narrower of input and output gradient is copied, shifted, per tap. This pays where
-  the input is wide and large (the strided convs, `space_to_depth_kernel_grad`) or the
+  the input is wide and large (the strided convs, `strided_kernel_grad`) or the
   output narrow (`narrow_conv`), and for the transposed conv's 2x2 conv; for the
   torso's 5x5 conv of the canvas and the 3x3 convs of the residual stacks XLA's own
   kernel gradient was faster, and they keep it (docs/speed.md).
@@ -336,22 +336,28 @@ def conv_4x4_s2(x: Array, kernel: Array) -> Array:
     return _conv_4x4_s2(x.astype(kernel.dtype), kernel)
 
 
-def space_to_depth_kernel_grad(x: Array, g: Array) -> Array:
+def strided_kernel_grad(x: Array, g: Array) -> Array:
     """The kernel gradient [4, 4, C_in, C_out] of a 4x4 stride-2 SAME conv.
 
-    SAME pads one row and column on each side; in 2x2 blocks of the padded input
-    (space-to-depth, a copy that moves runs of C_in values) the conv is a 2x2 VALID
-    stride-1 conv, whose kernel gradient is `valid_kernel_grad`. Kernel row 2 * dy + r
-    reads block row i + dy, row r within it.
+    SAME pads one row and column on each side. Padded row 2i + r is input row
+    2i + r - 1, so the padded input's rows of parity r = 0 are a zero row and the odd
+    input rows, those of r = 1 the even input rows and a zero row: each a copy of whole
+    rows (`x[:, 1::2]`, padded). Read as pairs of columns (a free reshape), each is the
+    input of a 2x2 VALID stride-1 conv with 2 C_in channels, whose kernel gradient is
+    `valid_kernel_grad`; kernel row 2 dy + r, column 2 dx + s reads pair row i + dy,
+    pair column j + dx, column s within the pair. (A space-to-depth copy of the padded
+    input did the same with one product, but its copy moves runs of only C_in values
+    and was 1.3-1.8x slower in all.)
     """
     n, h, w, ci = x.shape
     co = g.shape[-1]
-    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    hs, ws = h // 2 + 1, w // 2 + 1
-    blocks = xp.reshape(n, hs, 2, ws, 2, ci).transpose(0, 1, 3, 2, 4, 5)
-    dw = valid_kernel_grad(blocks.reshape(n, hs, ws, 4 * ci), g.astype(x.dtype), 2, 2)
-    dw = dw.reshape(2, 2, 2, 2, ci, co)  # dy, dx, r, s
-    return dw.transpose(0, 2, 1, 3, 4, 5).reshape(4, 4, ci, co)
+    odd = jnp.pad(x[:, 1::2], ((0, 0), (1, 0), (1, 1), (0, 0)))  # padded rows r = 0
+    even = jnp.pad(x[:, 0::2], ((0, 0), (0, 1), (1, 1), (0, 0)))  # padded rows r = 1
+    g = g.astype(x.dtype)
+    shape = (n, h // 2 + 1, w // 2 + 1, 2 * ci)
+    dw = jnp.stack([valid_kernel_grad(rows.reshape(shape), g, 2, 2) for rows in (odd, even)])
+    dw = dw.reshape(2, 2, 2, 2, ci, co)  # r, dy, dx, s
+    return dw.transpose(1, 0, 2, 3, 4, 5).reshape(4, 4, ci, co)
 
 
 @jax.custom_vjp
@@ -360,7 +366,7 @@ def _conv_4x4_s2(x: Array, kernel: Array) -> Array:
 
     Its input gradient is a stride-2 transposed convolution, computed with
     `conv_transpose_4x4_s2`: XLA's CPU backend runs the default (input-dilated) one
-    about 5x slower. Its kernel gradient is `space_to_depth_kernel_grad`. Values and
+    about 5x slower. Its kernel gradient is `strided_kernel_grad`. Values and
     gradients are those of `lax.conv_general_dilated`.
     """
     return _conv(x, kernel, 2)
@@ -376,7 +382,7 @@ def _conv_4x4_s2_bwd(res: tuple[Array, Array], g: Array) -> tuple[Array, Array]:
     # a transposed conv of g with the kernel flipped in space and in/out swapped.
     flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
     dx = conv_transpose_4x4_s2(g, flipped)
-    return dx, space_to_depth_kernel_grad(x, g).astype(kernel.dtype)
+    return dx, strided_kernel_grad(x, g).astype(kernel.dtype)
 
 
 _conv_4x4_s2.defvjp(_conv_4x4_s2_fwd, _conv_4x4_s2_bwd)
@@ -458,7 +464,7 @@ def _relu_of_sum_fwd(
     h: Array, per_position: Array, per_image: Array
 ) -> tuple[Array, tuple[Array, Array, Array]]:
     # Materialized here too: otherwise XLA fused the sum and ReLU into the gradient's
-    # consumers of y, among them the strided conv's space-to-depth copy of it, and
+    # consumers of y, among them the strided conv's copies of its rows, and
     # recomputed them there (a gather over a recomputed sum at about 1 GB/s).
     y = materialized(relu_of_sum, h, per_position, per_image)
     return y, (y, per_position, per_image)

@@ -97,8 +97,8 @@ def test_strided_conv_kernel_gradient_matches_float64_brute_force(cin, cout):
         for kx in range(4):
             window = xp[:, ky : ky + 8 : 2, kx : kx + 6 : 2]
             dw_ref[ky, kx] = np.einsum("nhwc,nhwo->co", window, g)
-    got = cpu_conv.space_to_depth_kernel_grad(jnp.asarray(x, jnp.float32),
-                                              jnp.asarray(g, jnp.float32))
+    got = cpu_conv.strided_kernel_grad(jnp.asarray(x, jnp.float32),
+                                       jnp.asarray(g, jnp.float32))
     np.testing.assert_allclose(got, dw_ref, atol=1e-4, rtol=1e-5)
     _, vjp = jax.vjp(cpu_conv.conv_4x4_s2, jnp.asarray(x, jnp.float32),
                      jnp.asarray(w, jnp.float32))
