@@ -7,7 +7,14 @@ canvas (`conv_few_channels`) and the decoders' final 3x3 conv to one logit per c
 torso conv's kernel gradient only: its input is the observation; both of the final
 conv's), alternately, as the best of --rounds calls, with the ratio XLA / cpu_conv.
 
+A second table times the two forms of the 4x4 stride-2 convs' kernel gradient
+(`cpu_conv.strided_kernel_grad`), space-to-depth and row pairs, at the agents' and
+D's sizes, and says which one `strided_kernel_grad` takes there.
+
     python -m experiments.bench_convs --rounds=10
+
+The process keeps freed memory as training does (`xla_cpu.keep_host_memory`), so that
+no call pays for faulting in its buffers.
 """
 
 from __future__ import annotations
@@ -33,6 +40,17 @@ CASES = (
     ("torso 5x5, paper size, RGB", (304, 64, 64, 3), (5, 5, 3, 32), "kernel"),
     ("final 3x3, mnist5k learner", (288, 16, 16, 16), (3, 3, 16, 1), "both"),
     ("final 3x3, paper learner (batch 16)", (304, 32, 32, 32), (3, 3, 32, 1), "both"),
+)
+
+# (what, input shape, output channels) of the 4x4 stride-2 convs' kernel gradients.
+STRIDED_CASES = (
+    ("encoder's 1st, mnist5k learner", (288, 32, 32, 16), 16),
+    ("encoder's 2nd, mnist5k learner", (288, 16, 16, 16), 16),
+    ("encoder's 1st, paper learner (batch 16)", (304, 64, 64, 32), 32),
+    ("encoder's 2nd, paper learner (batch 16)", (304, 32, 32, 32), 32),
+    ("mnist5k D's 1st (64 images)", (64, 32, 32, 1), 16),
+    ("mnist5k D's 2nd", (64, 16, 16, 16), 32),
+    ("mnist5k D's 3rd", (64, 8, 8, 32), 64),
 )
 
 
@@ -89,10 +107,26 @@ def time_case(x_shape: tuple[int, ...], k_shape: tuple[int, ...], which: str,
     return rows
 
 
+def time_strided(x_shape: tuple[int, ...], c_out: int, rounds: int
+                 ) -> tuple[float, float, float]:
+    """(space-to-depth s, row pairs s, max relative difference) of one strided conv's
+    kernel gradient."""
+    keys = jax.random.split(jax.random.key(1), 2)
+    x = jax.random.normal(keys[0], x_shape)
+    g = jax.random.normal(keys[1], (x_shape[0], x_shape[1] // 2, x_shape[2] // 2, c_out))
+    forms = {"s2d": xla_cpu.jit(cpu_conv._space_to_depth_kernel_grad),
+             "rows": xla_cpu.jit(cpu_conv._row_pairs_kernel_grad)}
+    a, b = (f(x, g) for f in forms.values())
+    diff = float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(a)))
+    t = best_of({n: functools.partial(f, x, g) for n, f in forms.items()}, rounds)
+    return t["s2d"], t["rows"], diff
+
+
 def main(argv: list[str]) -> None:
     del argv
     if _ROUNDS.value < 1:
         raise SystemExit(f"--rounds={_ROUNDS.value}: must be >= 1")
+    xla_cpu.keep_host_memory()  # before the first computation
     print(f"JAX {jax.__version__} on {jax.devices()[0].device_kind}; best of {_ROUNDS.value}")
     print("| conv | input | kernel | pass | XLA ms | cpu_conv ms | XLA / cpu_conv "
           "| max rel. diff |")
@@ -101,6 +135,15 @@ def main(argv: list[str]) -> None:
         for label, xla_s, ours_s, diff in time_case(x_shape, k_shape, which, _ROUNDS.value):
             print(f"| {what} | {x_shape} | {k_shape} | {label} | {xla_s * 1e3:.1f} | "
                   f"{ours_s * 1e3:.1f} | {xla_s / ours_s:.2f}x | {diff:.1e} |", flush=True)
+    print("\n| 4x4 stride-2 conv, kernel gradient | input | C_out | space-to-depth ms "
+          "| row pairs ms | s2d / rows | taken | max rel. diff |")
+    print("|---|---|---|---|---|---|---|---|")
+    for what, x_shape, c_out in STRIDED_CASES:
+        s2d_s, rows_s, diff = time_strided(x_shape, c_out, _ROUNDS.value)
+        taken = ("row pairs" if x_shape[1] * x_shape[2] >= cpu_conv._ROW_PAIRS_MIN_PIXELS
+                 else "space-to-depth")
+        print(f"| {what} | {x_shape} | {c_out} | {s2d_s * 1e3:.2f} | {rows_s * 1e3:.2f} | "
+              f"{s2d_s / rows_s:.2f}x | {taken} | {diff:.1e} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -83,19 +83,22 @@ def test_conv_few_channels_values_and_gradients_match_float64_brute_force(
     _check_against_brute_force(cpu_conv.conv_few_channels, x, w, g)
 
 
-@pytest.mark.parametrize("cin,cout", [(3, 5), (8, 2)])
-def test_strided_conv_kernel_gradient_matches_float64_brute_force(cin, cout):
+@pytest.mark.parametrize("cin,cout,height,width", [(3, 5, 8, 6), (8, 2, 8, 6), (3, 5, 16, 18),
+                                                    (2, 8, 18, 16)])
+def test_strided_conv_kernel_gradient_matches_float64_brute_force(cin, cout, height, width):
     """dw[ky, kx] = sum over n, i, j of x[2i + ky - 1, 2j + kx - 1] g[i, j] (zero
-    outside the image), for the 4x4 stride-2 SAME conv, through its custom vjp."""
-    rng = np.random.default_rng(cin * 10 + cout)
-    x = rng.normal(size=(2, 8, 6, cin))
+    outside the image), for the 4x4 stride-2 SAME conv, through its custom vjp; below
+    and above `_ROW_PAIRS_MIN_PIXELS`."""
+    assert 8 * 6 < cpu_conv._ROW_PAIRS_MIN_PIXELS <= 16 * 18  # both ways are tested
+    rng = np.random.default_rng(cin * 10 + cout + height)
+    x = rng.normal(size=(2, height, width, cin))
     w = rng.normal(size=(4, 4, cin, cout))
-    g = rng.normal(size=(2, 4, 3, cout))
+    g = rng.normal(size=(2, height // 2, width // 2, cout))
     xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
     dw_ref = np.zeros_like(w)
     for ky in range(4):
         for kx in range(4):
-            window = xp[:, ky : ky + 8 : 2, kx : kx + 6 : 2]
+            window = xp[:, ky : ky + height : 2, kx : kx + width : 2]
             dw_ref[ky, kx] = np.einsum("nhwc,nhwo->co", window, g)
     got = cpu_conv.strided_kernel_grad(jnp.asarray(x, jnp.float32),
                                        jnp.asarray(g, jnp.float32))
