@@ -15,6 +15,10 @@ it comes from (the HLO's metadata, as `experiments.profile_learner` reads it):
 Operations run on two threads at once, so a phase's figure is operation time, not
 wall time; a conditional's or a loop's own event, which covers the operations inside
 it, is left out so that nothing is counted twice.
+
+It also prints one untraced step's minor page faults and system CPU time: near 0 when
+`experiment.build` could keep the process's freed memory (`xla_cpu.keep_host_memory`);
+`JAX_CPU_ENABLE_ASYNC_DISPATCH=true` in the environment turns that off, for comparison.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from experiments.profiling import op_times, phase_of, short_source
+from experiments.profiling import call_cost, op_times, phase_of, short_source
 from spiral_jax import experiment, train_step
 
 _CONFIG = flags.DEFINE_string("config", "mnist5k", "A config in experiments/configs.")
@@ -41,7 +45,7 @@ def main(argv: list[str]) -> None:
     exp = experiment.build(config)
     state = exp.init_state(jax.random.PRNGKey(0))
     step = train_step.make_train_step(exp)
-    keys = iter(jax.random.split(jax.random.PRNGKey(1), 4 + 2 * _STEPS.value))
+    keys = iter(jax.random.split(jax.random.PRNGKey(1), 5 + 2 * _STEPS.value))
     seconds = []
     for _ in range(3 + _STEPS.value):  # compile, warm up, then time untraced
         start = time.perf_counter()
@@ -51,6 +55,14 @@ def main(argv: list[str]) -> None:
     median = float(np.median(seconds[3:]))
     print(f"[{_CONFIG.value}] {median * 1e3:.0f} ms a step (median of {_STEPS.value}), "
           f"{exp.frames_per_step() / median:.0f} frames/s")
+
+    def one_step() -> dict:
+        nonlocal state
+        state, metrics = step(state, next(keys))
+        return metrics
+
+    faults, system_s = call_cost(one_step)
+    print(f"one more step: {faults:,} page faults, {system_s * 1e3:.0f} ms of system time")
     # The names in the trace are those of the compiled step's HLO. (Lowered before the
     # traced steps: they donate `state`.)
     hlo = step.lower(state, next(keys)).compile().as_text()

@@ -336,8 +336,9 @@ def conv_4x4_s2(x: Array, kernel: Array) -> Array:
     return _conv_4x4_s2(x.astype(kernel.dtype), kernel)
 
 
-# Inputs of fewer pixels than this take `_space_to_depth_kernel_grad`.
+# Inputs of fewer pixels or channels than these take `_space_to_depth_kernel_grad`.
 _ROW_PAIRS_MIN_PIXELS = 16 * 16
+_ROW_PAIRS_MIN_CHANNELS = 8
 
 
 def strided_kernel_grad(x: Array, g: Array) -> Array:
@@ -351,11 +352,13 @@ def strided_kernel_grad(x: Array, g: Array) -> Array:
     `valid_kernel_grad`; kernel row 2 dy + r, column 2 dx + s reads pair row i + dy,
     pair column j + dx, column s within the pair. (A space-to-depth copy of the padded
     input did the same with one product, but its copy moves runs of only C_in values
-    and was 1.3-1.8x slower in all for the agents' maps. Below 16x16 its single product
-    wins: D's 8x8 conv took 1.4 ms with it against 1.8 ms, so it stays for those.)
+    and was 1.1-1.6x slower for the agents' maps. For inputs smaller than 16x16 or of
+    fewer than 8 channels, such as D's 8x8 conv and its conv of the image, its single
+    product wins, and it stays for those: `experiments.bench_convs`.)
     """
     g = g.astype(x.dtype)
-    if x.shape[1] * x.shape[2] < _ROW_PAIRS_MIN_PIXELS:
+    _, h, w, ci = x.shape
+    if h * w < _ROW_PAIRS_MIN_PIXELS or ci < _ROW_PAIRS_MIN_CHANNELS:
         return _space_to_depth_kernel_grad(x, g)
     return _row_pairs_kernel_grad(x, g)
 

@@ -84,12 +84,13 @@ def test_conv_few_channels_values_and_gradients_match_float64_brute_force(
 
 
 @pytest.mark.parametrize("cin,cout,height,width", [(3, 5, 8, 6), (8, 2, 8, 6), (3, 5, 16, 18),
-                                                    (2, 8, 18, 16)])
+                                                    (8, 5, 16, 18), (9, 2, 18, 16)])
 def test_strided_conv_kernel_gradient_matches_float64_brute_force(cin, cout, height, width):
     """dw[ky, kx] = sum over n, i, j of x[2i + ky - 1, 2j + kx - 1] g[i, j] (zero
-    outside the image), for the 4x4 stride-2 SAME conv, through its custom vjp; below
-    and above `_ROW_PAIRS_MIN_PIXELS`."""
-    assert 8 * 6 < cpu_conv._ROW_PAIRS_MIN_PIXELS <= 16 * 18  # both ways are tested
+    outside the image), for the 4x4 stride-2 SAME conv, through its custom vjp; in both
+    forms (`_ROW_PAIRS_MIN_PIXELS`, `_ROW_PAIRS_MIN_CHANNELS`)."""
+    assert 8 * 6 < cpu_conv._ROW_PAIRS_MIN_PIXELS <= 16 * 18  # both forms are tested
+    assert 3 < cpu_conv._ROW_PAIRS_MIN_CHANNELS <= 8
     rng = np.random.default_rng(cin * 10 + cout + height)
     x = rng.normal(size=(2, height, width, cin))
     w = rng.normal(size=(4, 4, cin, cout))
