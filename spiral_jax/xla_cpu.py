@@ -80,8 +80,9 @@ def keep_host_memory() -> bool:
     JAX runs a computation over several devices asynchronously whatever the setting,
     so only a single device gains. Changes nothing (returns False) when JAX's backends
     are already initialised, when JAX_CPU_ENABLE_ASYNC_DISPATCH is set (the user
-    chose) or without glibc; on another backend or several devices it only makes the
-    CPU client synchronous, which they leave unused or ignore (returns False).
+    chose), in a run of several processes (`jax.distributed`) or without glibc; on
+    another backend or several devices of one process it only makes the CPU client
+    synchronous, which they leave unused or ignore (returns False).
     """
     try:  # no public way to ask whether JAX's clients exist
         from jax._src.xla_bridge import backends_are_initialized
@@ -91,6 +92,11 @@ def keep_host_memory() -> bool:
         logging.info("keep_host_memory: JAX's backends already exist; not applied")
         return False
     if _ASYNC_DISPATCH.upper() in os.environ:
+        return False
+    if jax.distributed.is_initialized():
+        # Several processes: their computations span devices anyway, and a process
+        # blocked in a synchronous one could not notice a lost peer in time (JAX's
+        # heartbeat aborts it first).
         return False
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
