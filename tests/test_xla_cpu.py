@@ -76,6 +76,9 @@ print(json.dumps({"applied": applied, "temp_pages": temp / 4096,
 
 def _faults(mode: str, **env: str) -> dict:
     base = {k: v for k, v in os.environ.items() if k != "JAX_CPU_ENABLE_ASYNC_DISPATCH"}
+    # One device: the setting leaves computations over several alone.
+    base["XLA_FLAGS"] = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split()
+                                 if "xla_force_host_platform_device_count" not in f)
     out = subprocess.run([sys.executable, "-c", _FAULTS, mode], capture_output=True, text=True,
                          env={**base, **env}, timeout=300, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
