@@ -20,7 +20,7 @@ import jax
 from absl import app, flags
 
 from experiments import bench_agent
-from experiments.profiling import op_times, short_source
+from experiments.profiling import op_times, top_operations
 from spiral_jax import agent as agent_lib
 from spiral_jax import rollout as rollout_lib
 from spiral_jax.envs.libmypaint import LibMyPaint
@@ -52,12 +52,7 @@ def main(argv: list[str]) -> None:
     times, sources = op_times(run, hlo)
     total = sum(times.values())
     print(f"traced operation time {total / _CALLS.value / 1e3:.0f} ms a call\n")
-    print("| ms a call | share | operation | output | from |")
-    print("|---|---|---|---|---|")
-    for name, us in times.most_common(_TOP.value):
-        shape, source = sources[name]
-        print(f"| {us / _CALLS.value / 1e3:.1f} | {100 * us / total:.1f} % | {name} "
-              f"| {shape.split('{')[0]} | {short_source(source)[:90]} |")
+    print("\n".join(top_operations(times, sources, _CALLS.value, "call", _TOP.value)))
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from experiments.profiling import call_cost, op_times, phase_of, short_source
+from experiments.profiling import call_cost, op_times, phase_of, top_operations
 from spiral_jax import experiment, train_step
 
 _CONFIG = flags.DEFINE_string("config", "mnist5k", "A config in experiments/configs.")
@@ -83,11 +83,8 @@ def main(argv: list[str]) -> None:
     print("| phase | ms a step | share |\n|---|---|---|")
     for phase, us in phases.most_common():
         print(f"| {phase} | {per_step(us):.1f} | {100 * us / total:.1f} % |")
-    print("\n| ms a step | operation | output | from |\n|---|---|---|---|")
-    for name, us in times.most_common(_TOP.value):
-        shape, source = sources[name]
-        print(f"| {per_step(us):.1f} | {name} | {shape.split('{')[0]} "
-              f"| {short_source(source)[:90]} |")
+    print()
+    print("\n".join(top_operations(times, sources, _STEPS.value, "step", _TOP.value)))
 
 
 if __name__ == "__main__":

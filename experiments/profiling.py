@@ -69,6 +69,19 @@ def short_source(source: str) -> str:
     return re.sub(r"^jit\([^)]*\)/", "", source).replace("SpiralAgent.", "")
 
 
+def top_operations(times: collections.Counter[str], sources: dict[str, tuple[str, str]],
+                   calls: int, unit: str, top: int) -> list[str]:
+    """Markdown rows of the `top` operations of `op_times`: ms per `unit` (over `calls`
+    traced calls), share of the traced time, name, output shape and short source."""
+    total = sum(times.values())
+    rows = [f"| ms a {unit} | share | operation | output | from |", "|---|---|---|---|---|"]
+    for name, us in times.most_common(top):
+        shape, source = sources[name]
+        rows.append(f"| {us / calls / 1e3:.1f} | {100 * us / total:.1f} % | {name} "
+                    f"| {shape.split('{')[0]} | {short_source(source)[:90]} |")
+    return rows
+
+
 def phase_of(source: str) -> str:
     """The phase of an operation, from the JAX op_name it comes from."""
     if "Discriminator" in source:

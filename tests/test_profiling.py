@@ -3,6 +3,8 @@ and the page faults of a call."""
 
 from __future__ import annotations
 
+import collections
+
 import jax
 import jax.numpy as jnp
 
@@ -81,3 +83,13 @@ def test_op_times_leave_out_containers_and_short_sources_drop_prefixes():
     assert all(codes[name] not in profiling.CONTAINERS for name in times)
     assert profiling.short_source("jit(train_step)/jvp(SpiralAgent.unroll)/x") == (
         "jvp(unroll)/x")
+
+
+def test_top_operations_rows_give_time_per_call_and_share():
+    times = collections.Counter({"dot.1": 3000, "copy.2": 1000})
+    sources = {"dot.1": ("f32[4,4]{1,0}", "jit(step)/SpiralAgent._encode/dot"),
+               "copy.2": ("f32[8]{0}", "")}
+    rows = profiling.top_operations(times, sources, calls=2, unit="step", top=1)
+    assert rows == ["| ms a step | share | operation | output | from |",
+                    "|---|---|---|---|---|",
+                    "| 1.5 | 75.0 % | dot.1 | f32[4,4] | _encode/dot |"]
