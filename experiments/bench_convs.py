@@ -140,9 +140,7 @@ def main(argv: list[str]) -> None:
     print("|---|---|---|---|---|---|---|---|")
     for what, x_shape, c_out in STRIDED_CASES:
         s2d_s, rows_s, diff = time_strided(x_shape, c_out, _ROUNDS.value)
-        rows = (x_shape[1] * x_shape[2] >= cpu_conv._ROW_PAIRS_MIN_PIXELS
-                and x_shape[3] >= cpu_conv._ROW_PAIRS_MIN_CHANNELS)
-        taken = "row pairs" if rows else "space-to-depth"
+        taken = "row pairs" if cpu_conv.takes_row_pairs(x_shape) else "space-to-depth"
         print(f"| {what} | {x_shape} | {c_out} | {s2d_s * 1e3:.2f} | {rows_s * 1e3:.2f} | "
               f"{s2d_s / rows_s:.2f}x | {taken} | {diff:.1e} |", flush=True)
 

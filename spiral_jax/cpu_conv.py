@@ -357,10 +357,15 @@ def strided_kernel_grad(x: Array, g: Array) -> Array:
     product wins, and it stays for those: `experiments.bench_convs`.)
     """
     g = g.astype(x.dtype)
-    _, h, w, ci = x.shape
-    if h * w < _ROW_PAIRS_MIN_PIXELS or ci < _ROW_PAIRS_MIN_CHANNELS:
-        return _space_to_depth_kernel_grad(x, g)
-    return _row_pairs_kernel_grad(x, g)
+    if takes_row_pairs(x.shape):
+        return _row_pairs_kernel_grad(x, g)
+    return _space_to_depth_kernel_grad(x, g)
+
+
+def takes_row_pairs(input_shape: tuple[int, ...]) -> bool:
+    """Whether `strided_kernel_grad` takes row pairs for an NHWC input of this shape."""
+    _, h, w, ci = input_shape
+    return h * w >= _ROW_PAIRS_MIN_PIXELS and ci >= _ROW_PAIRS_MIN_CHANNELS
 
 
 def _row_pairs_kernel_grad(x: Array, g: Array) -> Array:
